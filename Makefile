@@ -1,0 +1,33 @@
+# berth: the two commands a newcomer needs are `make run` and `make test`.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build run test base-image test-deps clean
+
+all: build
+
+# berth itself needs cgo (NVML); the agent must be static, to run in any image.
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/berth ./cmd/berth
+	CGO_ENABLED=0 $(GO) build -ldflags '-s -w' -o bin/berth-agent ./cmd/berth-agent
+
+# The local base image, made from Debian's packages (no registry needed).
+base-image:
+	scripts/base-image.sh
+
+# The client tools the tests drive: ssh, rsync, paramiko, curl, ...
+test-deps:
+	scripts/test-deps.sh
+
+# Run berth with the example config: users' keys in dev/, state in .berth/.
+run: build base-image
+	scripts/dev-keys.sh
+	./bin/berth serve --config config.yaml
+
+test: test-deps base-image
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 25m ./...
+
+clean:
+	rm -rf bin

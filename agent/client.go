@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+)
+
+// Process is a process the agent started. Wait for its end, or Close to
+// hang it up early.
+type Process struct {
+	// PID is the process's id inside the container.
+	PID int
+	// PTY is the master side of the process's terminal when one was asked
+	// for; the caller reads, writes, resizes and closes it.
+	PTY *os.File
+
+	conn *net.UnixConn
+	done chan struct{}
+	exit ExitStatus
+	err  error
+
+	closeOnce sync.Once
+}
+
+// Dial connects to the agent socket at path. It fails fast when no agent
+// is listening, so callers can tell a stopped container from a slow one.
+func Dial(ctx context.Context, path string) (*net.UnixConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UnixConn), nil
+}
+
+// Spawn asks the agent on conn to start a process. Without a TTY, stdio
+// must hold the child's ends of its stdin, stdout and stderr; Spawn passes
+// them and the caller closes its copies afterwards. Spawn takes over conn:
+// the returned Process closes it.
+func Start(conn *net.UnixConn, s Spawn, stdio ...*os.File) (*Process, error) {
+	if s.TTY == nil && len(stdio) != 3 {
+		return nil, errors.New("spawn without a tty needs stdin, stdout and stderr")
+	}
+	if err := writeMessage(conn, request{Version: Version, Spawn: &s}, stdio...); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("send spawn: %w", err)
+	}
+	var r reply
+	files, err := readMessage(conn, &r, true)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("read spawn reply: %w", err)
+	}
+	if r.Version != Version {
+		closeFiles(files)
+		conn.Close()
+		return nil, fmt.Errorf("%w: agent speaks %d, berth %d", errVersion, r.Version, Version)
+	}
+	if r.Error != "" {
+		closeFiles(files)
+		conn.Close()
+		return nil, errors.New(r.Error)
+	}
+	p := &Process{PID: r.PID, conn: conn, done: make(chan struct{})}
+	if s.TTY != nil {
+		if len(files) != 1 {
+			closeFiles(files)
+			conn.Close()
+			return nil, errors.New("agent sent no terminal")
+		}
+		p.PTY = files[0]
+	} else {
+		closeFiles(files)
+	}
+	go p.readExit()
+	return p, nil
+}
+
+// IsVersionMismatch reports whether err means the agent is of another
+// berth version.
+func IsVersionMismatch(err error) bool { return errors.Is(err, errVersion) }
+
+func (p *Process) readExit() {
+	defer close(p.done)
+	var status ExitStatus
+	if _, err := readMessage(p.conn, &status, false); err != nil {
+		p.err = fmt.Errorf("agent connection lost: %w", err)
+		return
+	}
+	p.exit = status
+}
+
+// Signal delivers an SSH-named signal ("INT", "TERM", ...) to the process.
+func (p *Process) Signal(name string) error {
+	return writeMessage(p.conn, control{Signal: name})
+}
+
+// Done is closed when the process has ended or the agent is gone.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait returns how the process ended, once it has.
+func (p *Process) Wait() (ExitStatus, error) {
+	<-p.done
+	return p.exit, p.err
+}
+
+// Close lets go of the process. If it is still running, the agent sends
+// its process group SIGHUP, as a terminal hangup would. Close does not
+// close PTY.
+func (p *Process) Close() error {
+	p.closeOnce.Do(func() { p.conn.Close() })
+	return nil
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}

@@ -1,0 +1,131 @@
+// Command berth is the SSH gateway that puts each user of a shared GPU
+// server into their own persistent container.
+//
+//	berth serve --config config.yaml
+//	berth check-config config.yaml
+//	berth version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/berth-ssh/berth/config"
+	"github.com/berth-ssh/berth/containers"
+	"github.com/berth-ssh/berth/gateway"
+	"github.com/berth-ssh/berth/keys"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes of the berth command.
+const (
+	exitOK     = 0
+	exitFailed = 1 // berth ran and failed
+	exitUsage  = 2 // bad arguments or a bad config file
+)
+
+const usage = `usage:
+  berth serve [--config FILE]    run the gateway (default config: config.yaml)
+  berth check-config FILE        validate a config file
+  berth version                  print berth's version`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "serve":
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		path := fs.String("config", "config.yaml", "config file")
+		level := fs.String("log-level", "info", "debug, info, warn or error")
+		if err := fs.Parse(args[1:]); err != nil {
+			return exitUsage
+		}
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+			fmt.Fprintf(stderr, "berth: --log-level: %v\n", err)
+			return exitUsage
+		}
+		cfg, err := config.Load(*path)
+		if err != nil {
+			fmt.Fprintf(stderr, "berth: %v\n", err)
+			return exitUsage
+		}
+		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+		if err := serve(cfg, log); err != nil {
+			log.Error("berth stopped", "err", err)
+			return exitFailed
+		}
+		return exitOK
+	case "check-config":
+		if len(args) != 2 {
+			fmt.Fprintln(stderr, usage)
+			return exitUsage
+		}
+		if _, err := config.Load(args[1]); err != nil {
+			fmt.Fprintf(stderr, "berth: %v\n", err)
+			return exitUsage
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", args[1])
+		return exitOK
+	case "version", "--version":
+		fmt.Fprintf(stdout, "berth %s\n", version)
+		return exitOK
+	default:
+		fmt.Fprintln(stderr, usage)
+		return exitUsage
+	}
+}
+
+// serve wires berth's parts together and runs the gateway until SIGTERM
+// or SIGINT, then drains sessions for the configured grace period.
+// Containers keep running.
+func serve(cfg *config.Config, log *slog.Logger) error {
+	m, err := containers.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	gw, err := gateway.New(cfg, keys.New(cfg), m, log)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	log.Info("berth listening", "addr", l.Addr().String(), "version", version, "users", len(cfg.Users))
+
+	served := make(chan error, 1)
+	go func() { served <- gw.Serve(l) }()
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case err := <-served:
+		return err
+	case sig := <-stop:
+		grace := time.Duration(cfg.ShutdownGrace)
+		log.Info("shutting down: no new connections; sessions drain", "signal", sig.String(), "grace", grace)
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if err := gw.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+			log.Info("grace period over: remaining sessions hung up")
+		}
+		return nil
+	}
+}

@@ -1,0 +1,280 @@
+// Package config is berth's configuration: the schema, its defaults and its
+// validation. Load decodes strictly, so an unknown key is an error that names
+// it, fills in defaults, and validates.
+//
+//	cfg, err := config.Load("config.yaml")
+//	if err != nil {
+//		log.Fatal(err) // e.g. `config.yaml: users[0].name: "Bob" is not a valid login name`
+//	}
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"golang.org/x/crypto/ssh"
+)
+
+// Config is the whole of berth's configuration file.
+type Config struct {
+	// Listen is the SSH listen address. Default ":2222".
+	Listen string `yaml:"listen"`
+	// StateDir holds the gateway's own state: host keys, allocated uids, the
+	// agent binary and each container's agent socket. Default /var/lib/berth.
+	StateDir string `yaml:"state_dir"`
+	// DataRoot holds users' persistent data: <data_root>/<user>/home,
+	// projects and vscode-server. It is kept mode 0700, owned by root.
+	// Default /var/lib/berth/users.
+	DataRoot string `yaml:"data_root"`
+	// DockerHost is the Docker Engine's address. Default: $DOCKER_HOST, else
+	// unix:///var/run/docker.sock.
+	DockerHost string `yaml:"docker_host"`
+	// AgentPath is berth's in-container helper, a static binary. Default:
+	// berth-agent beside the berth binary, else on $PATH.
+	AgentPath string `yaml:"agent_path"`
+	// Environment is the image every user's container is made from.
+	Environment Environment `yaml:"environment"`
+	// Sudo gives users passwordless sudo inside their container, as the
+	// seed's image did. Default true; a user's own setting wins.
+	Sudo *bool `yaml:"sudo"`
+	// ShutdownGrace is how long SIGTERM lets open sessions drain before
+	// berth closes them. Containers keep running either way. Default 30s.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// Users are the people who may log in.
+	Users []User `yaml:"users"`
+	// Admins are users allowed the operator verbs.
+	Admins []string `yaml:"admins"`
+
+	// dir is the directory of the file the config came from; relative
+	// paths in it are resolved against it.
+	dir string
+}
+
+// Environment says how the environment image is built.
+type Environment struct {
+	// Dockerfile is a path to a Dockerfile; its directory is the build
+	// context. Empty means berth's embedded default environment.
+	Dockerfile string `yaml:"dockerfile"`
+	// BuildArgs are passed to the build. The default environment reads
+	// BASE_IMAGE (default an nvidia/cuda Ubuntu image) and TZ (default
+	// Asia/Taipei).
+	BuildArgs map[string]string `yaml:"build_args"`
+}
+
+// User is one person who may log in.
+type User struct {
+	// Name is the login name, and the user's name inside the container.
+	Name string `yaml:"name"`
+	// AuthorizedKeys are inline authorized_keys lines, or paths to
+	// authorized_keys files (entries starting with "/", "./" or "../";
+	// relative paths are against the config file's directory). Files are
+	// read at each login, so edits take effect at once.
+	AuthorizedKeys []string `yaml:"authorized_keys"`
+	// UID and GID are the user's ids in the container and on the host's
+	// files. Default: the host's passwd entry for Name, else allocated by
+	// berth and kept in state_dir.
+	UID *int `yaml:"uid"`
+	GID *int `yaml:"gid"`
+	// Sudo overrides the global sudo setting for this user.
+	Sudo *bool `yaml:"sudo"`
+}
+
+// Duration is a time.Duration written as "30s" or "5m".
+type Duration time.Duration
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 30s or 5m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// loginName is the rule for login names: nothing else reaches a path or a
+// Docker name.
+var loginName = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// ValidName reports whether name is an acceptable login name.
+func ValidName(name string) bool { return loginName.MatchString(name) }
+
+// MinUID is the lowest uid berth gives a user: below it are the system
+// accounts of the images users run.
+const MinUID = 1000
+
+// Load reads, decodes, completes and validates the config file at path.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := Decode(f, filepath.Dir(abs))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Decode decodes a config strictly from r, fills in defaults and
+// validates. dir is where relative paths in it are resolved.
+func Decode(r io.Reader, dir string) (*Config, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return nil, friendlyYAMLError(err)
+	}
+	cfg.dir = dir
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// unknownField matches yaml.v3's "field x not found in type y".
+var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+func friendlyYAMLError(err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
+	msg = unknownField.ReplaceAllString(msg, `unknown key "$1"`)
+	return errors.New(msg)
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = ":2222"
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/berth"
+	}
+	if c.DataRoot == "" {
+		c.DataRoot = filepath.Join(c.StateDir, "users")
+	}
+	c.StateDir = c.Path(c.StateDir)
+	c.DataRoot = c.Path(c.DataRoot)
+	if c.Environment.Dockerfile != "" {
+		c.Environment.Dockerfile = c.Path(c.Environment.Dockerfile)
+	}
+	if c.DockerHost == "" {
+		c.DockerHost = os.Getenv("DOCKER_HOST")
+	}
+	if c.AgentPath != "" {
+		c.AgentPath = c.Path(c.AgentPath)
+	}
+	if c.Sudo == nil {
+		c.Sudo = ptr(true)
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = Duration(30 * time.Second)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// Path resolves p against the config file's directory.
+func (c *Config) Path(p string) string {
+	if filepath.IsAbs(p) || c.dir == "" {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// IsKeyPath reports whether an authorized_keys entry names a file rather
+// than being an inline key line.
+func IsKeyPath(entry string) bool {
+	return strings.HasPrefix(entry, "/") || strings.HasPrefix(entry, "./") || strings.HasPrefix(entry, "../")
+}
+
+// Validate checks the config without touching the filesystem or Docker.
+// Its error names the offending key.
+func (c *Config) Validate() error {
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
+		return fmt.Errorf("listen: %q is not a host:port address", c.Listen)
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir)
+	}
+	if !filepath.IsAbs(c.DataRoot) || filepath.Clean(c.DataRoot) == "/" {
+		return fmt.Errorf("data_root: %q must be an absolute path below /", c.DataRoot)
+	}
+	for k := range c.Environment.BuildArgs {
+		if k == "" {
+			return errors.New("environment.build_args: an argument has an empty name")
+		}
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Users {
+		key := fmt.Sprintf("users[%d]", i)
+		if !ValidName(u.Name) {
+			return fmt.Errorf("%s.name: %q is not a valid login name (want [a-z_][a-z0-9_-]{0,31})", key, u.Name)
+		}
+		if seen[u.Name] {
+			return fmt.Errorf("%s.name: %q is configured twice", key, u.Name)
+		}
+		seen[u.Name] = true
+		if len(u.AuthorizedKeys) == 0 {
+			return fmt.Errorf("%s.authorized_keys: user %q has no keys, so nobody could log in as them", key, u.Name)
+		}
+		for j, entry := range u.AuthorizedKeys {
+			if IsKeyPath(entry) {
+				continue
+			}
+			if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(entry)); err != nil {
+				return fmt.Errorf("%s.authorized_keys[%d]: not an authorized_keys line: %v", key, j, err)
+			}
+		}
+		if u.UID != nil && *u.UID < MinUID {
+			return fmt.Errorf("%s.uid: %d is below %d, where the images' system accounts live", key, *u.UID, MinUID)
+		}
+		if u.GID != nil && *u.GID < 1 {
+			return fmt.Errorf("%s.gid: %d must be positive", key, *u.GID)
+		}
+		if u.GID != nil && u.UID == nil {
+			return fmt.Errorf("%s.gid: set uid too, or neither", key)
+		}
+	}
+	for i, a := range c.Admins {
+		if !seen[a] {
+			return fmt.Errorf("admins[%d]: %q is not a configured user", i, a)
+		}
+	}
+	return nil
+}
+
+// User returns the configured user with that login name.
+func (c *Config) User(name string) (User, bool) {
+	for _, u := range c.Users {
+		if u.Name == name {
+			return u, true
+		}
+	}
+	return User{}, false
+}
+
+// SudoFor reports whether u gets passwordless sudo.
+func (c *Config) SudoFor(u User) bool {
+	if u.Sudo != nil {
+		return *u.Sudo
+	}
+	return *c.Sudo
+}

@@ -1,0 +1,110 @@
+package containers
+
+import (
+	"context"
+	"io"
+	"sync"
+)
+
+// flights runs one piece of work per key at a time. A caller that arrives
+// while the work runs waits for the same result, and sees its progress
+// from the first line on, so ten users connecting at once all watch the one
+// image build.
+type flights struct {
+	mu sync.Mutex
+	m  map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	err  error
+
+	mu   sync.Mutex
+	past []byte // every byte of progress so far, for late joiners
+	subs map[chan []byte]struct{}
+}
+
+// do runs work under key unless it is already running, and waits for it
+// or for ctx. The work runs on base, not ctx: it is shared, so one caller
+// hanging up must not cancel it for the others.
+func (fs *flights) do(ctx, base context.Context, key string, progress io.Writer, work func(ctx context.Context, progress io.Writer) error) error {
+	fs.mu.Lock()
+	if fs.m == nil {
+		fs.m = map[string]*flight{}
+	}
+	f, running := fs.m[key]
+	if !running {
+		f = &flight{done: make(chan struct{}), subs: map[chan []byte]struct{}{}}
+		fs.m[key] = f
+	}
+	fs.mu.Unlock()
+
+	delivered := f.subscribe(progress)
+	if !running {
+		go func() {
+			f.err = work(base, f)
+			fs.mu.Lock()
+			delete(fs.m, key)
+			fs.mu.Unlock()
+			f.finish()
+		}()
+	}
+	select {
+	case <-delivered:
+		return f.err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// Write broadcasts progress to every waiter. It never blocks on a slow
+// client: a waiter whose backlog is full misses lines instead.
+func (f *flight) Write(p []byte) (int, error) {
+	b := append([]byte(nil), p...)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.past = append(f.past, b...)
+	for ch := range f.subs {
+		select {
+		case ch <- b:
+		default:
+		}
+	}
+	return len(p), nil
+}
+
+// subscribe replays the progress so far to w and forwards what follows.
+// The returned channel is closed once the work is done and w has been
+// given everything, so a waiter's own output never overtakes its progress.
+func (f *flight) subscribe(w io.Writer) <-chan struct{} {
+	ch := make(chan []byte, 256)
+	delivered := make(chan struct{})
+	f.mu.Lock()
+	if len(f.past) > 0 {
+		ch <- append([]byte(nil), f.past...)
+	}
+	select {
+	case <-f.done:
+		close(ch)
+	default:
+		f.subs[ch] = struct{}{}
+	}
+	f.mu.Unlock()
+	go func() {
+		defer close(delivered)
+		for b := range ch {
+			w.Write(b)
+		}
+	}()
+	return delivered
+}
+
+func (f *flight) finish() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.done)
+	for ch := range f.subs {
+		close(ch)
+	}
+	f.subs = nil
+}

@@ -1,0 +1,89 @@
+package containers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/build"
+	"github.com/moby/moby/api/types/jsonstream"
+	"github.com/moby/moby/client"
+)
+
+// ensureImage builds the environment image unless it exists. Concurrent
+// callers share one build and all see its output.
+func (m *Manager) ensureImage(ctx context.Context, progress io.Writer) error {
+	tag := m.env.Tag()
+	if _, err := m.docker.ImageInspect(ctx, tag); err == nil {
+		return nil
+	} else if !cerrdefs.IsNotFound(err) {
+		return m.dockerFailure(ctx, "berth could not look up the environment image", err)
+	}
+	return m.builds.do(ctx, m.base, tag, progress, func(ctx context.Context, progress io.Writer) error {
+		return m.Build(ctx, progress)
+	})
+}
+
+// Build builds the environment image, streaming Docker's build output to
+// progress as plain lines.
+func (m *Manager) Build(ctx context.Context, progress io.Writer) error {
+	tag := m.env.Tag()
+	begin := time.Now()
+	fmt.Fprintf(progress, "berth: building %s as %s; the first build takes a few minutes\n", m.env, tag)
+	m.log.Info("image build started", "image", tag, "environment", m.env.Name)
+	res, err := m.docker.ImageBuild(ctx, m.env.Context(), client.ImageBuildOptions{
+		Tags:        []string{tag},
+		Dockerfile:  m.env.Dockerfile,
+		BuildArgs:   m.env.BuildArgs(),
+		Remove:      true,
+		ForceRemove: true,
+		Version:     build.BuilderV1,
+		Labels:      map[string]string{LabelImage: tag},
+	})
+	if err != nil {
+		return m.dockerFailure(ctx, "the environment image could not be built", err)
+	}
+	defer res.Body.Close()
+	if err := streamBuild(res.Body, progress); err != nil {
+		m.log.Error("image build failed", "image", tag, "err", err)
+		return &Failure{Msg: "the environment image failed to build (the build output above says why)", Err: err}
+	}
+	// The stream ends without an error when the daemon dies mid-build; only
+	// an image that exists counts.
+	if _, err := m.docker.ImageInspect(ctx, tag); err != nil {
+		return m.dockerFailure(ctx, "the environment image build did not finish", err)
+	}
+	m.log.Info("image built", "image", tag, "took", since(begin))
+	fmt.Fprintf(progress, "berth: built %s in %s\n", tag, since(begin))
+	return nil
+}
+
+// streamBuild copies a classic builder's JSON stream to w as text and
+// returns the build's error, if it reports one.
+func streamBuild(r io.Reader, w io.Writer) error {
+	dec := json.NewDecoder(r)
+	for {
+		var msg jsonstream.Message
+		if err := dec.Decode(&msg); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("read build output: %w", err)
+		}
+		if msg.Error != nil {
+			fmt.Fprintf(w, "%s\n", strings.TrimSpace(msg.Error.Message))
+			return errors.New(msg.Error.Message)
+		}
+		switch {
+		case msg.Stream != "":
+			io.WriteString(w, msg.Stream)
+		case msg.Status != "" && msg.Progress == nil:
+			fmt.Fprintf(w, "%s %s\n", msg.ID, msg.Status)
+		}
+	}
+}

@@ -1,0 +1,449 @@
+// Package containers is berth's use of Docker: the environment image, each
+// user's persistent container, and the way into it.
+//
+// Every user has one container, berth-<user>, made from the shared
+// environment image and kept between connections. Its main process is
+// berth's agent (see package agent) under Docker's init; Open returns a
+// connection to that agent, building the image and creating or starting
+// the container first when needed.
+//
+//	m, err := containers.New(ctx, cfg, logger)
+//	conn, err := m.Open(ctx, user, progress)
+package containers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/client"
+
+	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/config"
+	"github.com/berth-ssh/berth/environment"
+)
+
+// Labels berth puts on what it creates.
+const (
+	LabelUser   = "berth.user"
+	LabelImage  = "berth.image"
+	LabelConfig = "berth.config"
+)
+
+// NetworkName is the bridge network user containers sit on. Its
+// inter-container traffic is off, so users cannot reach each other.
+const NetworkName = "berth"
+
+// agentWait bounds how long a starting container may take to answer.
+const agentWait = 60 * time.Second
+
+// Manager makes sure users' containers exist and are running.
+type Manager struct {
+	docker *client.Client
+	cfg    *config.Config
+	env    *environment.Environment
+	log    *slog.Logger
+	// base outlives sessions: builds and starts shared by several
+	// sessions run on it. It ends when the Manager is closed.
+	base   context.Context
+	cancel context.CancelFunc
+
+	accounts accounts
+	builds   flights // by image tag
+	starts   flights // by container name
+
+	mu    sync.Mutex
+	ready map[string]bool // containers whose agent answered before
+}
+
+// New checks the environment and the agent binary, and connects to Docker.
+// It does not need Docker to be up: a Docker engine that is down is
+// reported to each connecting user until it comes back.
+func New(cfg *config.Config, log *slog.Logger) (*Manager, error) {
+	env, err := environment.Load(cfg.Environment.Dockerfile, cfg.Environment.BuildArgs)
+	if err != nil {
+		return nil, err
+	}
+	opts := []client.Opt{client.FromEnv}
+	if cfg.DockerHost != "" {
+		opts = append(opts, client.WithHost(cfg.DockerHost))
+	}
+	docker, err := client.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	m := &Manager{
+		docker:   docker,
+		cfg:      cfg,
+		env:      env,
+		log:      log,
+		accounts: accounts{path: filepath.Join(cfg.StateDir, "uids.json")},
+		ready:    map[string]bool{},
+	}
+	m.base, m.cancel = context.WithCancel(context.Background())
+	if err := m.installAgent(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Close cancels shared work in flight and closes the Docker client.
+func (m *Manager) Close() error {
+	m.cancel()
+	return m.docker.Close()
+}
+
+// Environment is the environment image new containers are made from.
+func (m *Manager) Environment() *environment.Environment { return m.env }
+
+// Name is the container name of user's container.
+func Name(user string) string { return "berth-" + user }
+
+// Open returns a connection to the agent in u's container, building the
+// image and creating or starting the container when needed. Progress for
+// the user goes to progress. On the warm path it makes no Docker call at
+// all: a container whose agent answers is ready.
+func (m *Manager) Open(ctx context.Context, u config.User, progress io.Writer) (*net.UnixConn, error) {
+	name := Name(u.Name)
+	sock := m.socketPath(name)
+	if m.isReady(name) {
+		if c, err := agent.Dial(ctx, sock); err == nil {
+			return c, nil
+		}
+		m.setReady(name, false)
+	}
+	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
+		return m.ensure(ctx, u, progress)
+	})
+	if err != nil {
+		return nil, err
+	}
+	c, err := agent.Dial(ctx, sock)
+	if err != nil {
+		return nil, &Failure{Msg: "your container is running but berth's agent in it does not answer", Err: err}
+	}
+	m.setReady(name, true)
+	return c, nil
+}
+
+func (m *Manager) isReady(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ready[name]
+}
+
+func (m *Manager) setReady(name string, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ready[name] = ok
+}
+
+// ensure makes u's container exist and run, with its agent answering.
+func (m *Manager) ensure(ctx context.Context, u config.User, progress io.Writer) error {
+	name := Name(u.Name)
+	acct, err := m.account(u)
+	if err != nil {
+		return &Failure{Msg: "berth could not work out your account", Err: err}
+	}
+	want := m.spec(acct)
+	inspect, err := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	switch {
+	case cerrdefs.IsNotFound(err):
+		if err := m.ensureImage(ctx, progress); err != nil {
+			return err
+		}
+		if err := m.create(ctx, acct, want, progress); err != nil {
+			return err
+		}
+	case err != nil:
+		return m.dockerFailure(ctx, "berth could not look up your container", err)
+	default:
+		c := inspect.Container
+		if c.Config != nil && c.Config.Labels[LabelConfig] != want.hash() {
+			m.log.Warn("container differs from the current config; keeping it", "container", name,
+				"has", c.Config.Labels[LabelConfig], "want", want.hash())
+			fmt.Fprintf(progress, "berth: your container was made from an older configuration or image; it is kept as it is until it is recreated.\n")
+		}
+		if c.State != nil && c.State.Running {
+			return m.waitAgent(ctx, name, progress, false)
+		}
+	}
+	return m.start(ctx, name, progress)
+}
+
+// start starts the container and waits for its agent.
+func (m *Manager) start(ctx context.Context, name string, progress io.Writer) error {
+	begin := time.Now()
+	fmt.Fprintf(progress, "berth: starting your container %s\n", name)
+	// A socket left by the previous run must not be mistaken for the new
+	// agent's.
+	os.Remove(m.socketPath(name))
+	if _, err := m.docker.ContainerStart(ctx, name, client.ContainerStartOptions{}); err != nil {
+		return m.dockerFailure(ctx, "your container failed to start", err)
+	}
+	if err := m.waitAgent(ctx, name, progress, true); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "berth: container ready in %s\n", since(begin))
+	return nil
+}
+
+// waitAgent polls the agent socket until it answers, the container stops,
+// or agentWait passes.
+func (m *Manager) waitAgent(ctx context.Context, name string, progress io.Writer, starting bool) error {
+	sock := m.socketPath(name)
+	deadline := time.Now().Add(agentWait)
+	delay := 5 * time.Millisecond
+	for polls := 0; ; polls++ {
+		if c, err := agent.Dial(ctx, sock); err == nil {
+			c.Close()
+			return nil
+		}
+		if polls%20 == 19 || time.Now().After(deadline) {
+			inspect, err := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+			if err != nil {
+				return m.dockerFailure(ctx, "berth lost track of your container while it started", err)
+			}
+			if st := inspect.Container.State; st != nil && !st.Running {
+				return &Failure{
+					Msg: "your container stopped while starting",
+					Err: fmt.Errorf("container %s exited with %d: %s", name, st.ExitCode, m.logTail(ctx, name)),
+				}
+			}
+			if time.Now().After(deadline) {
+				return &Failure{Msg: "your container started but berth's agent in it does not answer",
+					Err: fmt.Errorf("no agent on %s after %s", sock, agentWait)}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 100*time.Millisecond)
+	}
+}
+
+// logTail returns the last lines of a container's log, for error details.
+func (m *Manager) logTail(ctx context.Context, name string) string {
+	logs, err := m.docker.ContainerLogs(ctx, name, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Tail: "10"})
+	if err != nil {
+		return err.Error()
+	}
+	defer logs.Close()
+	b, _ := io.ReadAll(io.LimitReader(logs, 8192))
+	return string(stripStreamHeaders(b))
+}
+
+// stripStreamHeaders removes Docker's 8-byte multiplexing headers from a
+// non-TTY log stream, leaving the text.
+func stripStreamHeaders(b []byte) []byte {
+	var out []byte
+	for len(b) >= 8 && (b[0] == 1 || b[0] == 2) {
+		n := int(b[4])<<24 | int(b[5])<<16 | int(b[6])<<8 | int(b[7])
+		b = b[8:]
+		n = min(n, len(b))
+		out = append(out, b[:n]...)
+		b = b[n:]
+	}
+	return append(out, b...)
+}
+
+// installAgent copies the agent binary into state_dir, where containers
+// mount it from. Copying (not mounting the original) keeps containers
+// independent of where berth was run from; replacing by rename keeps a
+// running container's mounted copy intact.
+func (m *Manager) installAgent() error {
+	src, err := findAgent(m.cfg.AgentPath)
+	if err != nil {
+		return err
+	}
+	dst := m.agentPath()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("agent_path: %w", err)
+	}
+	if old, err := os.ReadFile(dst); err == nil && string(old) == string(data) {
+		return nil
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o755); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// findAgent locates the berth-agent binary: the configured path, else
+// beside the running executable, else on PATH.
+func findAgent(configured string) (string, error) {
+	if configured != "" {
+		if _, err := os.Stat(configured); err != nil {
+			return "", fmt.Errorf("agent_path: %w", err)
+		}
+		return configured, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "berth-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("berth-agent"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("berth-agent not found beside berth or on PATH; build it with `make` or set agent_path")
+}
+
+func (m *Manager) agentPath() string { return filepath.Join(m.cfg.StateDir, "bin", "berth-agent") }
+
+func (m *Manager) runDir(name string) string { return filepath.Join(m.cfg.StateDir, "run", name) }
+
+func (m *Manager) socketPath(name string) string {
+	return filepath.Join(m.runDir(name), agent.SocketName)
+}
+
+// spec is everything a container is created from. Its hash is kept in a
+// label, so berth can tell when the config has moved on.
+type spec struct {
+	Image   string        `json:"image"`
+	Account agent.Account `json:"account"`
+	Layout  int           `json:"layout"` // mounts and agent paths
+}
+
+// layoutVersion changes whenever create changes what it makes.
+const layoutVersion = 1
+
+func (m *Manager) spec(a agent.Account) spec {
+	return spec{Image: m.env.Tag(), Account: a, Layout: layoutVersion}
+}
+
+func (s spec) hash() string {
+	b, _ := json.Marshal(s)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// create makes the user's data directories and container. Everything that
+// Docker fixes at creation (mounts, init, network, labels) is final here.
+func (m *Manager) create(ctx context.Context, a agent.Account, s spec, progress io.Writer) error {
+	name := Name(a.Name)
+	fmt.Fprintf(progress, "berth: creating your container %s from %s\n", name, s.Image)
+	data, err := m.prepareData(a)
+	if err != nil {
+		return &Failure{Msg: "berth could not prepare your data directories", Err: err}
+	}
+	if err := os.MkdirAll(m.runDir(name), 0o700); err != nil {
+		return &Failure{Msg: "berth could not prepare your container", Err: err}
+	}
+	if err := m.ensureNetwork(ctx); err != nil {
+		return err
+	}
+	home := a.Home()
+	bind := func(src, dst string, ro bool) mount.Mount {
+		return mount.Mount{Type: mount.TypeBind, Source: src, Target: dst, ReadOnly: ro}
+	}
+	init := true
+	_, err = m.docker.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name: name,
+		Config: &container.Config{
+			Image:    s.Image,
+			Hostname: name,
+			Entrypoint: []string{agent.BinaryPath, "init",
+				"--user", a.Name, "--uid", strconv.Itoa(a.UID), "--gid", strconv.Itoa(a.GID),
+				"--sudo=" + strconv.FormatBool(a.Sudo)},
+			WorkingDir: "/",
+			Labels: map[string]string{
+				LabelUser:   a.Name,
+				LabelImage:  s.Image,
+				LabelConfig: s.hash(),
+			},
+		},
+		HostConfig: &container.HostConfig{
+			Init:        &init,
+			NetworkMode: container.NetworkMode(NetworkName),
+			Mounts: []mount.Mount{
+				bind(data.home, home, false),
+				bind(data.projects, home+"/projects", false),
+				bind(data.vscode, home+"/.vscode-server", false),
+				bind(m.agentPath(), agent.BinaryPath, true),
+				bind(m.runDir(name), agent.RunDir, false),
+			},
+		},
+	})
+	if cerrdefs.IsConflict(err) {
+		// Made by another berth, or by one killed mid-way: use it.
+		m.log.Info("container already exists", "container", name)
+		return nil
+	}
+	if err != nil {
+		return m.dockerFailure(ctx, "berth could not create your container", err)
+	}
+	m.log.Info("container created", "container", name, "image", s.Image, "uid", a.UID, "gid", a.GID)
+	return nil
+}
+
+// ensureNetwork creates berth's network unless it exists.
+func (m *Manager) ensureNetwork(ctx context.Context) error {
+	if _, err := m.docker.NetworkInspect(ctx, NetworkName, client.NetworkInspectOptions{}); err == nil {
+		return nil
+	} else if !cerrdefs.IsNotFound(err) {
+		return m.dockerFailure(ctx, "berth could not set up the container network", err)
+	}
+	_, err := m.docker.NetworkCreate(ctx, NetworkName, client.NetworkCreateOptions{
+		Driver:  "bridge",
+		Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"},
+		Labels:  map[string]string{"berth.network": "users"},
+	})
+	if err != nil && !cerrdefs.IsConflict(err) {
+		return m.dockerFailure(ctx, "berth could not set up the container network", err)
+	}
+	return nil
+}
+
+// Failure is an error with one sentence for the user; Err has the detail
+// for the log.
+type Failure struct {
+	Msg string
+	Err error
+}
+
+func (f *Failure) Error() string { return f.Msg + ": " + f.Err.Error() }
+func (f *Failure) Unwrap() error { return f.Err }
+
+// DockerDown is the user's sentence when the engine cannot be reached.
+const DockerDown = "the Docker engine is not reachable right now; try again in a minute, and tell your admin if it lasts"
+
+// dockerFailure wraps a failed Docker call. When the engine itself is
+// unreachable that, not the call, is what the user is told.
+func (m *Manager) dockerFailure(ctx context.Context, msg string, err error) error {
+	if client.IsErrConnectionFailed(err) {
+		return &Failure{Msg: DockerDown, Err: err}
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if _, perr := m.docker.Ping(pctx, client.PingOptions{}); perr != nil {
+		return &Failure{Msg: DockerDown, Err: errors.Join(err, perr)}
+	}
+	return &Failure{Msg: msg, Err: err}
+}
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }

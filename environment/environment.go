@@ -1,0 +1,148 @@
+// Package environment describes the image users' containers are made
+// from: a Dockerfile, its build context and its build args. The default,
+// the seed's environment rewritten for berth, is embedded in the binary.
+//
+//	env, err := environment.Load(cfg.Environment.Dockerfile, cfg.Environment.BuildArgs)
+//	tag := env.Tag() // berth-env:<content hash>
+//	ctx := env.Context() // a tar stream for the Docker build API
+package environment
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+)
+
+//go:embed default
+var defaultFS embed.FS
+
+// Default returns the embedded default environment's files.
+func Default() fs.FS {
+	sub, err := fs.Sub(defaultFS, "default")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	return sub
+}
+
+// Environment is one buildable image definition.
+type Environment struct {
+	// Name says where it came from, for messages: "default" or a path.
+	Name string
+	// Args are the build args.
+	Args map[string]string
+	// Dockerfile is the Dockerfile's name within the context.
+	Dockerfile string
+
+	files []file
+}
+
+type file struct {
+	name string
+	mode fs.FileMode
+	data []byte
+}
+
+// Repository is the image repository berth tags environments in.
+const Repository = "berth-env"
+
+// Load reads an environment. An empty dockerfile means the embedded
+// default; otherwise the Dockerfile's directory is the build context.
+func Load(dockerfile string, args map[string]string) (*Environment, error) {
+	if dockerfile == "" {
+		return fromFS("default", Default(), "Dockerfile", args)
+	}
+	if _, err := os.Stat(dockerfile); err != nil {
+		return nil, fmt.Errorf("environment.dockerfile: %w", err)
+	}
+	return fromFS(dockerfile, os.DirFS(filepath.Dir(dockerfile)), filepath.Base(dockerfile), args)
+}
+
+func fromFS(name string, fsys fs.FS, dockerfile string, args map[string]string) (*Environment, error) {
+	env := &Environment{Name: name, Args: args, Dockerfile: dockerfile}
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		data, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return err
+		}
+		mode := fs.FileMode(0o644)
+		if info.Mode()&0o111 != 0 || path.Ext(p) == ".sh" {
+			mode = 0o755
+		}
+		env.files = append(env.files, file{name: p, mode: mode, data: data})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read environment %s: %w", name, err)
+	}
+	return env, nil
+}
+
+// Tag is the image tag for this environment: a hash of every file in the
+// context and every build arg, so any change to them means a new image.
+func (e *Environment) Tag() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "berth-environment-v1 %q\n", e.Dockerfile)
+	for _, f := range e.files {
+		fmt.Fprintf(h, "file %q %o %d\n", f.name, f.mode, len(f.data))
+		h.Write(f.data)
+	}
+	keys := make([]string, 0, len(e.Args))
+	for k := range e.Args {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(h, "arg %q %q\n", k, e.Args[k])
+	}
+	return Repository + ":" + hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Context returns the build context as a tar stream.
+func (e *Environment) Context() io.Reader {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range e.files {
+		// Writes to a bytes.Buffer cannot fail.
+		tw.WriteHeader(&tar.Header{Name: f.name, Mode: int64(f.mode), Size: int64(len(f.data)), Typeflag: tar.TypeReg})
+		tw.Write(f.data)
+	}
+	tw.Close()
+	return &buf
+}
+
+// BuildArgs returns the args in the form the Docker API takes.
+func (e *Environment) BuildArgs() map[string]*string {
+	out := make(map[string]*string, len(e.Args))
+	for k, v := range e.Args {
+		out[k] = &v
+	}
+	return out
+}
+
+// String names the environment for messages.
+func (e *Environment) String() string {
+	if e.Name == "default" {
+		return "the default environment"
+	}
+	return e.Name
+}

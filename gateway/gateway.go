@@ -1,0 +1,299 @@
+// Package gateway is berth's SSH server: the listener, host keys,
+// public-key authentication, and the routing of each connection's channels
+// and requests into the user's container.
+//
+// Like net/http's Server, it serves listeners and shuts down gracefully:
+//
+//	gw, err := gateway.New(cfg, keys.New(cfg), manager, logger)
+//	go gw.Serve(listener)
+//	...
+//	gw.Shutdown(ctx) // stop accepting, let sessions drain until ctx ends
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/berth-ssh/berth/config"
+	"github.com/berth-ssh/berth/containers"
+	"github.com/berth-ssh/berth/keys"
+	"github.com/berth-ssh/berth/sessions"
+)
+
+// handshakeTimeout bounds a connection's time before it is authenticated.
+const handshakeTimeout = 30 * time.Second
+
+// Permission extensions. x/crypto/ssh (≥ v0.31) hands a connection the
+// permissions returned for the key that actually signed, never those of a
+// key that was only offered, so these are the only source of identity.
+const (
+	extUser = "berth-user"
+	extKey  = "berth-key-fp"
+)
+
+// Authorizer decides whether key may log in as user.
+type Authorizer interface {
+	Authorize(user string, key ssh.PublicKey) (keys.Entry, error)
+}
+
+// Server is the SSH gateway.
+type Server struct {
+	cfg        *config.Config
+	auth       Authorizer
+	containers *containers.Manager
+	log        *slog.Logger
+	ssh        *ssh.ServerConfig
+
+	// base is every connection's parent context; cancelling it hangs up
+	// all sessions.
+	base   context.Context
+	hangup context.CancelCauseFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closing   bool
+	active    sync.WaitGroup
+}
+
+// New loads (or makes) the host keys and returns a gateway.
+func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.Logger) (*Server, error) {
+	signers, err := loadHostKeys(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:        cfg,
+		auth:       auth,
+		containers: m,
+		log:        log,
+		listeners:  map[net.Listener]struct{}{},
+		conns:      map[net.Conn]struct{}{},
+	}
+	s.base, s.hangup = context.WithCancelCause(context.Background())
+	s.ssh = &ssh.ServerConfig{
+		ServerVersion:     "SSH-2.0-berth",
+		PublicKeyCallback: s.authorize,
+	}
+	for _, k := range signers {
+		s.ssh.AddHostKey(k)
+	}
+	return s, nil
+}
+
+// authorize is called for every key the client offers, signed or not. Its
+// answer is cached per key by x/crypto/ssh; nothing here may leave state
+// behind that a later, different key could inherit.
+func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+	name := meta.User()
+	fp := ssh.FingerprintSHA256(key)
+	if !config.ValidName(name) {
+		s.log.Info("key refused: invalid login name", "source", meta.RemoteAddr().String(), "key", fp)
+		return nil, keys.ErrDenied
+	}
+	if _, err := s.auth.Authorize(name, key); err != nil {
+		// Unknown user and wrong key look the same to the client.
+		s.log.Info("key refused", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "detail", err)
+		return nil, keys.ErrDenied
+	}
+	return &ssh.Permissions{Extensions: map[string]string{extUser: name, extKey: fp}}, nil
+}
+
+// Serve accepts connections on l until l is closed or Shutdown is called.
+func (s *Server) Serve(l net.Listener) error {
+	if !s.track(l, true) {
+		return errors.New("gateway: shut down")
+	}
+	defer s.track(l, false)
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isClosing() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error("accept", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if !s.trackConn(nc, true) {
+			nc.Close()
+			continue
+		}
+		go func() {
+			defer s.trackConn(nc, false)
+			s.serveConn(nc)
+		}()
+	}
+}
+
+// serveConn runs one SSH connection: handshake and authentication, then
+// its channels until it closes.
+func (s *Server) serveConn(nc net.Conn) {
+	defer nc.Close()
+	id := newID()
+	log := s.log.With("conn", id, "source", nc.RemoteAddr().String())
+
+	nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
+	if err != nil {
+		if !errors.Is(err, io.EOF) {
+			log.Info("handshake failed", "err", err)
+		}
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	defer sconn.Close()
+
+	// Identity comes only from the permissions of the key that signed.
+	name := sconn.Permissions.Extensions[extUser]
+	user, ok := s.cfg.User(name)
+	if !ok || name != sconn.User() {
+		log.Error("authenticated connection without a configured user", "user", name, "login", sconn.User())
+		return
+	}
+	log = log.With("user", name, "container", containers.Name(name))
+	log.Info("authenticated", "key", sconn.Permissions.Extensions[extKey], "client", string(sconn.ClientVersion()))
+
+	// Global requests: keepalive@openssh.com and the like get a reply,
+	// which is all a keepalive needs. Forwarding requests come later.
+	go ssh.DiscardRequests(reqs)
+
+	ctx, cancel := context.WithCancelCause(s.base)
+	defer cancel(errors.New("connection closed"))
+	opener := userOpener{m: s.containers, user: user}
+	env := []string{
+		"SSH_CONNECTION=" + sshConnection(nc),
+		"SSH_CLIENT=" + sshClient(nc),
+	}
+	var sessionsDone sync.WaitGroup
+	n := 0
+	for nch := range chans {
+		switch nch.ChannelType() {
+		case "session":
+			ch, creqs, err := nch.Accept()
+			if err != nil {
+				log.Info("accept session", "err", err)
+				continue
+			}
+			n++
+			sessionLog := log.With("session", n)
+			sessionsDone.Go(func() { sessions.New(ch, opener, sessionLog, env).Serve(ctx, creqs) })
+		default:
+			nch.Reject(ssh.UnknownChannelType, fmt.Sprintf("berth does not support %s channels", nch.ChannelType()))
+		}
+	}
+	cancel(errors.New("connection closed"))
+	sessionsDone.Wait()
+	log.Info("connection closed")
+}
+
+// userOpener opens the agent connection for one user's sessions.
+type userOpener struct {
+	m    *containers.Manager
+	user config.User
+}
+
+func (o userOpener) Open(ctx context.Context, progress io.Writer) (*net.UnixConn, error) {
+	return o.m.Open(ctx, o.user, progress)
+}
+
+// Shutdown stops accepting connections and waits for open ones to end
+// until ctx is done; then it hangs up the rest. Containers keep running.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	drained := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+		return nil
+	case <-ctx.Done():
+	}
+	s.hangup(errors.New("gateway shutting down"))
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	<-drained
+	return ctx.Err()
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func (s *Server) track(l net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.listeners[l] = struct{}{}
+	} else {
+		delete(s.listeners, l)
+	}
+	return true
+}
+
+func (s *Server) trackConn(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		s.active.Add(1)
+	} else {
+		delete(s.conns, c)
+		s.active.Done()
+	}
+	return true
+}
+
+func newID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// sshConnection is $SSH_CONNECTION: client address and port, server
+// address and port.
+func sshConnection(c net.Conn) string {
+	rh, rp, _ := net.SplitHostPort(c.RemoteAddr().String())
+	lh, lp, _ := net.SplitHostPort(c.LocalAddr().String())
+	return fmt.Sprintf("%s %s %s %s", rh, rp, lh, lp)
+}
+
+// sshClient is $SSH_CLIENT: client address and port, server port.
+func sshClient(c net.Conn) string {
+	rh, rp, _ := net.SplitHostPort(c.RemoteAddr().String())
+	_, lp, _ := net.SplitHostPort(c.LocalAddr().String())
+	return fmt.Sprintf("%s %s %s", rh, rp, lp)
+}

@@ -1,0 +1,118 @@
+// Package keys decides who may log in as whom: a login name and a public
+// key are allowed when the key is in that user's authorized keys.
+//
+//	book := keys.New(cfg)
+//	entry, err := book.Authorize("alice", key)
+//	if errors.Is(err, keys.ErrDenied) { ... }
+//
+// Authorize is called for every key a client offers, whether or not the
+// client can sign with it, so its answer must never be taken as the
+// identity of a connection. Only the permissions that x/crypto/ssh hands
+// back after a verified signature may be (see gateway).
+package keys
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/berth-ssh/berth/config"
+)
+
+// ErrDenied is returned for an unknown user and for a key that is not
+// theirs alike, so that names cannot be probed.
+var ErrDenied = errors.New("permission denied")
+
+// Entry is the authorized_keys line that allowed a key.
+type Entry struct {
+	Key     ssh.PublicKey
+	Comment string
+	// Options are the line's authorized_keys options, e.g. "no-pty".
+	Options []string
+	// Source is where the line came from: a file path, or "config".
+	Source string
+}
+
+// Book answers Authorize from the users in a config. It holds no state of
+// its own: inline keys come from the config and key files are read at each
+// call, as OpenSSH's sshd does, so an edited file takes effect at once.
+type Book struct {
+	cfg *config.Config
+}
+
+// New returns a Book over cfg's users.
+func New(cfg *config.Config) *Book { return &Book{cfg: cfg} }
+
+// Authorize returns the entry that lets key log in as user, or ErrDenied.
+// Errors reading a key file are wrapped in the returned error alongside
+// ErrDenied, so the caller can log them.
+func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
+	u, ok := b.cfg.User(user)
+	if !ok {
+		return Entry{}, ErrDenied
+	}
+	want := key.Marshal()
+	var problems []error
+	for _, line := range u.AuthorizedKeys {
+		var entries []Entry
+		if config.IsKeyPath(line) {
+			path := b.cfg.Path(line)
+			e, err := ReadFile(path)
+			if err != nil {
+				problems = append(problems, err)
+			}
+			entries = e
+		} else {
+			e, err := parseLine([]byte(line), "config")
+			if err != nil {
+				problems = append(problems, err)
+				continue
+			}
+			entries = []Entry{e}
+		}
+		for _, e := range entries {
+			if bytes.Equal(e.Key.Marshal(), want) {
+				return e, nil
+			}
+		}
+	}
+	return Entry{}, errors.Join(append([]error{ErrDenied}, problems...)...)
+}
+
+// ReadFile parses an authorized_keys file. Blank lines and comments are
+// skipped; a line that does not parse is reported, and the rest still count.
+func ReadFile(path string) ([]Entry, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read keys: %w", err)
+	}
+	var entries []Entry
+	var problems []error
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		e, err := parseLine(line, path)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("%s:%d: %w", path, n, err))
+			continue
+		}
+		entries = append(entries, e)
+	}
+	return entries, errors.Join(problems...)
+}
+
+func parseLine(line []byte, source string) (Entry, error) {
+	key, comment, options, _, err := ssh.ParseAuthorizedKey(line)
+	if err != nil {
+		return Entry{}, err
+	}
+	return Entry{Key: key, Comment: comment, Options: options, Source: source}, nil
+}

@@ -1,0 +1,366 @@
+// Package sessions bridges one SSH session channel into the user's
+// container: the PTY, stdin, stdout and stderr, window changes, signals and
+// the exit status, with the behaviour OpenSSH's sshd has.
+//
+//	s := sessions.New(ch, opener, logger, env)
+//	s.Serve(ctx, reqs) // returns when the session is over
+//
+// A session reads its requests in Serve and runs its process in one other
+// goroutine (run). Serve returns only after run has finished.
+package sessions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/containers"
+)
+
+// Opener connects a session to the agent in its user's container, making
+// the container ready first. progress gets lines for the user.
+type Opener interface {
+	Open(ctx context.Context, progress io.Writer) (*net.UnixConn, error)
+}
+
+// ExitGatewayFailure is the exit status a user gets when berth itself
+// failed, as ssh's own 255.
+const ExitGatewayFailure = 255
+
+// ptyDrain is how long output is still read from a terminal after its
+// process has exited. The process's last output is already in the
+// terminal's buffer, so it only matters when a background job keeps the
+// terminal open; sshd, too, closes the session then.
+const ptyDrain = 100 * time.Millisecond
+
+// Session is one SSH "session" channel.
+type Session struct {
+	ch     ssh.Channel
+	opener Opener
+	log    *slog.Logger
+	env    []string
+
+	mu      sync.Mutex
+	tty     *agent.TTY // set by pty-req
+	master  *os.File   // the running process's terminal, while it runs
+	proc    *agent.Process
+	started bool
+}
+
+// New returns a session on ch. env is set for the process on top of the
+// container's (SSH_CONNECTION and such).
+func New(ch ssh.Channel, opener Opener, log *slog.Logger, env []string) *Session {
+	return &Session{ch: ch, opener: opener, log: log, env: env}
+}
+
+// Serve handles the channel's requests until the channel closes, and
+// returns once the session's process handling is over. Cancelling ctx
+// hangs the session up.
+func (s *Session) Serve(ctx context.Context, reqs <-chan *ssh.Request) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var ran sync.WaitGroup
+	for req := range reqs {
+		switch req.Type {
+		case "shell", "exec":
+			command, ok := s.command(req)
+			req.Reply(ok, nil)
+			if ok {
+				ran.Go(func() { s.run(ctx, command) })
+			}
+		default:
+			ok := s.handle(req)
+			if req.WantReply {
+				req.Reply(ok, nil)
+			}
+		}
+	}
+	// The client closed the channel or the connection went away.
+	cancel(errors.New("channel closed"))
+	ran.Wait()
+}
+
+// command accepts the one shell or exec request a session may have.
+func (s *Session) command(req *ssh.Request) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return "", false
+	}
+	var command string
+	if req.Type == "exec" {
+		var p struct{ Command string }
+		if ssh.Unmarshal(req.Payload, &p) != nil {
+			return "", false
+		}
+		command = p.Command
+	}
+	s.started = true
+	return command, true
+}
+
+// handle answers every request except shell and exec.
+func (s *Session) handle(req *ssh.Request) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch req.Type {
+	case "pty-req":
+		if s.started || s.tty != nil {
+			return false
+		}
+		t, ok := parsePtyRequest(req.Payload)
+		if ok {
+			s.tty = t
+		}
+		return ok
+	case "env":
+		var p struct{ Name, Value string }
+		if ssh.Unmarshal(req.Payload, &p) != nil || s.started || !acceptEnv(p.Name) {
+			return false
+		}
+		s.env = append(s.env, p.Name+"="+p.Value)
+		return true
+	case "window-change":
+		var p struct{ Cols, Rows, Width, Height uint32 }
+		if ssh.Unmarshal(req.Payload, &p) != nil || s.tty == nil {
+			return false
+		}
+		s.tty.Cols, s.tty.Rows = uint16(p.Cols), uint16(p.Rows)
+		if s.master != nil {
+			pty.Setsize(s.master, &pty.Winsize{Cols: s.tty.Cols, Rows: s.tty.Rows})
+		}
+		return true
+	case "signal":
+		var p struct{ Signal string }
+		if ssh.Unmarshal(req.Payload, &p) != nil || s.proc == nil {
+			return false
+		}
+		return s.proc.Signal(p.Signal) == nil
+	}
+	return false
+}
+
+// acceptEnv is berth's AcceptEnv: the locale, as Debian's sshd accepts.
+func acceptEnv(name string) bool {
+	return name == "LANG" || strings.HasPrefix(name, "LC_") || name == "COLORTERM"
+}
+
+// run is the session's life, top to bottom: make the container ready,
+// start the process, bridge its I/O until it ends, report how it ended,
+// close.
+func (s *Session) run(ctx context.Context, command string) {
+	// Closing the channel is last, after the exit status (RFC 4254 §6.10:
+	// the status must precede the close for the client to see it).
+	defer s.ch.Close()
+	begin := time.Now()
+
+	conn, err := s.opener.Open(ctx, s.progress())
+	if err != nil {
+		s.fail(ctx, "prepare container", err)
+		return
+	}
+	spec := s.spec(command)
+	var status agent.ExitStatus
+	if spec.TTY != nil {
+		status, err = s.runTTY(ctx, conn, spec, begin)
+	} else {
+		status, err = s.runPipes(ctx, conn, spec, begin)
+	}
+	if err != nil {
+		s.fail(ctx, "run", err)
+		return
+	}
+	s.log.Info("session ended", "command", command, "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
+	s.sendExit(status)
+}
+
+// spec is the process request, from what the client asked for so far.
+func (s *Session) spec(command string) agent.Spawn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sp := agent.Spawn{Command: command, Env: append([]string(nil), s.env...)}
+	if s.tty != nil {
+		t := *s.tty
+		sp.TTY = &t
+		sp.Env = append(sp.Env, "TERM="+t.Term)
+	}
+	return sp
+}
+
+// runPipes runs a process without a terminal. Its stdin, stdout and stderr
+// are pipes whose far ends the process holds, so the bytes pass unchanged
+// and stdout and stderr stay apart.
+func (s *Session) runPipes(ctx context.Context, conn *net.UnixConn, spec agent.Spawn, begin time.Time) (agent.ExitStatus, error) {
+	var child, ours [3]*os.File
+	for i := range 3 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			conn.Close()
+			closeAll(child[:i]...)
+			closeAll(ours[:i]...)
+			return agent.ExitStatus{}, err
+		}
+		if i == 0 {
+			child[i], ours[i] = r, w
+		} else {
+			child[i], ours[i] = w, r
+		}
+	}
+	proc, err := agent.Start(conn, spec, child[:]...)
+	// The process has its own copies now; ours must go so that EOF
+	// arrives when it and its children close theirs.
+	closeAll(child[:]...)
+	if err != nil {
+		closeAll(ours[:]...)
+		return agent.ExitStatus{}, err
+	}
+	s.attach(proc, nil, begin)
+	defer proc.Close()
+	stdin, stdout, stderr := ours[0], ours[1], ours[2]
+	// A hangup closes everything, which unblocks every copy below.
+	stop := context.AfterFunc(ctx, func() {
+		proc.Close()
+		closeAll(ours[:]...)
+	})
+	defer stop()
+
+	go func() {
+		io.Copy(stdin, s.ch)
+		stdin.Close() // the client's EOF is the process's EOF
+	}()
+	var out sync.WaitGroup
+	out.Go(func() { io.Copy(s.ch, stdout) })
+	out.Go(func() { io.Copy(s.ch.Stderr(), stderr) })
+	// Like sshd, wait for the output to end, not just the process: a
+	// background job that keeps stdout open keeps the session.
+	out.Wait()
+	s.ch.CloseWrite()
+	closeAll(stdout, stderr)
+	return proc.Wait()
+}
+
+// runTTY runs a process on a terminal the agent opened in the container.
+// Berth holds the terminal's master side and copies it raw: nothing is
+// rewritten on the way.
+func (s *Session) runTTY(ctx context.Context, conn *net.UnixConn, spec agent.Spawn, begin time.Time) (agent.ExitStatus, error) {
+	proc, err := agent.Start(conn, spec)
+	if err != nil {
+		return agent.ExitStatus{}, err
+	}
+	defer proc.Close()
+	master := proc.PTY
+	s.attach(proc, master, begin)
+	defer func() {
+		s.mu.Lock()
+		s.master = nil
+		s.mu.Unlock()
+		master.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() {
+		proc.Close()
+		master.SetDeadline(time.Now())
+	})
+	defer stop()
+
+	// Input has no end on a terminal: the copy ends with the session.
+	go io.Copy(master, s.ch)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		io.Copy(s.ch, master) // ends with EIO once no process holds the terminal
+	}()
+	select {
+	case <-copied:
+	case <-proc.Done():
+		master.SetReadDeadline(time.Now().Add(ptyDrain))
+		<-copied
+	}
+	return proc.Wait()
+}
+
+// attach records the running process, so that window changes and
+// signals reach it, and resizes the terminal to the latest size in case a
+// window-change arrived while the process was starting.
+func (s *Session) attach(proc *agent.Process, master *os.File, begin time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.proc, s.master = proc, master
+	if master != nil && s.tty != nil {
+		pty.Setsize(master, &pty.Winsize{Cols: s.tty.Cols, Rows: s.tty.Rows})
+	}
+	s.log.Debug("process started", "pid", proc.PID, "tty", master != nil, "after", time.Since(begin).Round(time.Microsecond))
+}
+
+// sendExit reports how the process ended: exit-signal when a signal
+// killed it, so the client can tell, else exit-status.
+func (s *Session) sendExit(st agent.ExitStatus) {
+	if st.Signal != "" {
+		s.ch.SendRequest("exit-signal", false, ssh.Marshal(struct {
+			Signal     string
+			CoreDumped bool
+			Message    string
+			Lang       string
+		}{st.Signal, st.CoreDumped, "", ""}))
+		return
+	}
+	s.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(st.Code)}))
+}
+
+// fail tells the user in one sentence what went wrong, logs the detail,
+// and ends the session with status 255. A session the client already hung
+// up on is only logged.
+func (s *Session) fail(ctx context.Context, step string, err error) {
+	if ctx.Err() != nil {
+		s.log.Info("session hung up", "step", step, "err", err)
+		return
+	}
+	msg := "berth could not start your session"
+	var f *containers.Failure
+	if errors.As(err, &f) {
+		msg = f.Msg
+	} else if agent.IsVersionMismatch(err) {
+		msg = "your container runs an older berth agent; restart the container to update it"
+	}
+	s.log.Error("session failed", "step", step, "err", err)
+	fmt.Fprintf(s.progress(), "berth: %s.\n", msg)
+	s.sendExit(agent.ExitStatus{Code: ExitGatewayFailure})
+}
+
+// progress returns a writer for berth's own messages to the user, on
+// stderr. On a terminal, whose client is in raw mode, lines end in CRLF.
+func (s *Session) progress() io.Writer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tty != nil {
+		return crlfWriter{s.ch.Stderr()}
+	}
+	return s.ch.Stderr()
+}
+
+type crlfWriter struct{ w io.Writer }
+
+func (c crlfWriter) Write(p []byte) (int, error) {
+	if _, err := c.w.Write([]byte(strings.ReplaceAll(string(p), "\n", "\r\n"))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
