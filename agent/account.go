@@ -16,6 +16,8 @@ import (
 // argument so that its tests can use a scratch directory.
 type accountFiles struct {
 	passwd, group, shadow, sudoers, skel, profile string
+	// homes is where home directories are.
+	homes string
 }
 
 var etc = accountFiles{
@@ -25,6 +27,7 @@ var etc = accountFiles{
 	sudoers: "/etc/sudoers.d",
 	skel:    "/etc/skel",
 	profile: "/etc/profile.d",
+	homes:   "/home",
 }
 
 // Provision makes the account exist in the container: its group, its
@@ -63,7 +66,7 @@ func provision(f accountFiles, a Account, env []string) (string, error) {
 	if err := writeProfile(f.profile, env); err != nil {
 		return "", err
 	}
-	if err := populateHome(f.skel, a); err != nil {
+	if err := populateHome(f.skel, filepath.Join(f.homes, a.Name), a); err != nil {
 		return "", err
 	}
 	return shell, nil
@@ -194,8 +197,7 @@ func writeProfile(dir string, env []string) error {
 // populateHome gives a new home the image's skeleton files (.bashrc and
 // friends), owned by the account. An existing file is never overwritten:
 // the home is the user's persistent data.
-func populateHome(skel string, a Account) error {
-	home := a.Home()
+func populateHome(skel, home string, a Account) error {
 	if err := os.MkdirAll(home, 0o755); err != nil {
 		return err
 	}
@@ -228,8 +230,12 @@ func populateHome(skel string, a Account) error {
 // supplementaryGroups lists the gids of the groups that name the user as a
 // member, plus gid itself.
 func supplementaryGroups(name string, gid int) []uint32 {
+	return supplementaryGroupsFrom(etc.group, name, gid)
+}
+
+func supplementaryGroupsFrom(path, name string, gid int) []uint32 {
 	groups := []uint32{uint32(gid)}
-	lines, _ := readLines(etc.group)
+	lines, _ := readLines(path)
 	for _, l := range lines {
 		fields := strings.Split(l, ":")
 		if len(fields) < 4 {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -111,6 +112,11 @@ func ValidName(name string) bool { return loginName.MatchString(name) }
 // accounts of the images users run.
 const MinUID = 1000
 
+// MaxStateDir is the longest state_dir berth accepts: each container's
+// agent socket lives at <state_dir>/run/berth-<user>/agent.sock, and a unix
+// socket path has at most 107 bytes.
+const MaxStateDir = 107 - len("/run/berth-") - 32 - len("/agent.sock")
+
 // Load reads, decodes, completes and validates the config file at path.
 func Load(path string) (*Config, error) {
 	f, err := os.Open(path)
@@ -140,7 +146,7 @@ func Decode(r io.Reader, dir string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, friendlyYAMLError(err)
+		return nil, friendlyYAMLError(err, data)
 	}
 	cfg.dir = dir
 	cfg.setDefaults()
@@ -153,11 +159,57 @@ func Decode(r io.Reader, dir string) (*Config, error) {
 // unknownField matches yaml.v3's "field x not found in type y".
 var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
 
-func friendlyYAMLError(err error) error {
+// lineNumber matches the "line N:" yaml.v3 starts its errors with.
+var lineNumber = regexp.MustCompile(`line (\d+): `)
+
+// friendlyYAMLError rewrites a decoding error so that it names the key,
+// e.g. `users[0].uid: line 7: cannot unmarshal !!str "x" into int`.
+func friendlyYAMLError(err error, data []byte) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	msg = strings.TrimPrefix(msg, "unmarshal errors:\n  ")
 	msg = unknownField.ReplaceAllString(msg, `unknown key "$1"`)
+	var root yaml.Node
+	if m := lineNumber.FindStringSubmatch(msg); m != nil && yaml.Unmarshal(data, &root) == nil {
+		line, _ := strconv.Atoi(m[1])
+		if key := keyAt(&root, line, ""); key != "" && !strings.Contains(msg, "unknown key") {
+			msg = key + ": " + msg
+		}
+	}
 	return errors.New(msg)
+}
+
+// keyAt returns the path of the key whose value starts on line, such as
+// "users[1].uid", or "" if there is none.
+func keyAt(n *yaml.Node, line int, path string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if k := keyAt(c, line, path); k != "" {
+				return k
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if v.Line == line && (v.Kind == yaml.ScalarNode || k.Line == line) {
+				return p
+			}
+			if sub := keyAt(v, line, p); sub != "" {
+				return sub
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if k := keyAt(c, line, fmt.Sprintf("%s[%d]", path, i)); k != "" {
+				return k
+			}
+		}
+	}
+	return ""
 }
 
 func (c *Config) setDefaults() {
@@ -213,6 +265,9 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir)
+	}
+	if len(c.StateDir) > MaxStateDir {
+		return fmt.Errorf("state_dir: %q is %d bytes long; the unix sockets berth keeps under it allow at most %d", c.StateDir, len(c.StateDir), MaxStateDir)
 	}
 	if !filepath.IsAbs(c.DataRoot) || filepath.Clean(c.DataRoot) == "/" {
 		return fmt.Errorf("data_root: %q must be an absolute path below /", c.DataRoot)

@@ -39,7 +39,7 @@ func (fs *flights) do(ctx, base context.Context, key string, progress io.Writer,
 	}
 	fs.mu.Unlock()
 
-	delivered := f.subscribe(progress)
+	ch, delivered := f.subscribe(progress)
 	if !running {
 		go func() {
 			f.err = work(base, f)
@@ -53,6 +53,7 @@ func (fs *flights) do(ctx, base context.Context, key string, progress io.Writer,
 	case <-delivered:
 		return f.err
 	case <-ctx.Done():
+		f.unsubscribe(ch)
 		return context.Cause(ctx)
 	}
 }
@@ -76,7 +77,7 @@ func (f *flight) Write(p []byte) (int, error) {
 // subscribe replays the progress so far to w and forwards what follows.
 // The returned channel is closed once the work is done and w has been
 // given everything, so a waiter's own output never overtakes its progress.
-func (f *flight) subscribe(w io.Writer) <-chan struct{} {
+func (f *flight) subscribe(w io.Writer) (chan []byte, <-chan struct{}) {
 	ch := make(chan []byte, 256)
 	delivered := make(chan struct{})
 	f.mu.Lock()
@@ -96,7 +97,17 @@ func (f *flight) subscribe(w io.Writer) <-chan struct{} {
 			w.Write(b)
 		}
 	}()
-	return delivered
+	return ch, delivered
+}
+
+// unsubscribe stops progress to a waiter that left.
+func (f *flight) unsubscribe(ch chan []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.subs[ch]; ok {
+		delete(f.subs, ch)
+		close(ch)
+	}
 }
 
 func (f *flight) finish() {

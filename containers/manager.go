@@ -211,14 +211,15 @@ func (m *Manager) waitAgent(ctx context.Context, name string, progress io.Writer
 	deadline := time.Now().Add(agentWait)
 	delay := 5 * time.Millisecond
 	for polls := 0; ; polls++ {
-		if c, err := agent.Dial(ctx, sock); err == nil {
+		c, err := agent.Dial(ctx, sock)
+		if err == nil {
 			c.Close()
 			return nil
 		}
 		if polls%20 == 19 || time.Now().After(deadline) {
-			inspect, err := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
-			if err != nil {
-				return m.dockerFailure(ctx, "berth lost track of your container while it started", err)
+			inspect, ierr := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+			if ierr != nil {
+				return m.dockerFailure(ctx, "berth lost track of your container while it started", ierr)
 			}
 			if st := inspect.Container.State; st != nil && !st.Running {
 				return &Failure{
@@ -228,7 +229,7 @@ func (m *Manager) waitAgent(ctx context.Context, name string, progress io.Writer
 			}
 			if time.Now().After(deadline) {
 				return &Failure{Msg: "your container started but berth's agent in it does not answer",
-					Err: fmt.Errorf("no agent on %s after %s", sock, agentWait)}
+					Err: fmt.Errorf("no agent after %s: %w", agentWait, err)}
 			}
 		}
 		select {

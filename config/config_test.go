@@ -1,0 +1,79 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ3RdwGCKnYd1y3jzPzq0FFN0E8lpG3dQz8j5UvXMpZq alice@laptop"
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := Load("../config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:2222" || len(cfg.Users) != 2 || cfg.Environment.BuildArgs["BASE_IMAGE"] != "berth-base:bookworm" {
+		t.Fatalf("unexpected example config: %+v", cfg)
+	}
+	// Relative paths are resolved against the file's directory.
+	if !strings.HasSuffix(cfg.StateDir, "/.berth") || !strings.HasPrefix(cfg.StateDir, "/") {
+		t.Fatalf("state_dir %q", cfg.StateDir)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Decode(strings.NewReader(""), "/etc/berth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":2222" || cfg.StateDir != "/var/lib/berth" || cfg.DataRoot != "/var/lib/berth/users" ||
+		!*cfg.Sudo || time.Duration(cfg.ShutdownGrace) != 30*time.Second {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestValidationNamesTheOffendingKey(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown top-level key", "lsiten: :22\n", `line 1: unknown key "lsiten"`},
+		{"unknown user key", "users:\n  - name: a\n    authorized_keys: [\"" + key + "\"]\n    shell: zsh\n", `unknown key "shell"`},
+		{"bad listen", "listen: nowhere\n", "listen:"},
+		{"relative state_dir is resolved, not rejected", "state_dir: ./s\nusers: []\n", ""},
+		{"state_dir too long for sockets", "state_dir: /" + strings.Repeat("x", 60) + "\n", "state_dir:"},
+		{"data_root at /", "data_root: /\n", "data_root:"},
+		{"bad name", "users:\n  - name: Alice\n    authorized_keys: [\"" + key + "\"]\n", "users[0].name"},
+		{"name with a path in it", "users:\n  - name: ../root\n    authorized_keys: [\"" + key + "\"]\n", "users[0].name"},
+		{"twice", "users:\n  - name: a\n    authorized_keys: [\"" + key + "\"]\n  - name: a\n    authorized_keys: [\"" + key + "\"]\n", "users[1].name"},
+		{"no keys", "users:\n  - name: a\n", "users[0].authorized_keys"},
+		{"bad key line", "users:\n  - name: a\n    authorized_keys: [\"ssh-ed25519 nope\"]\n", "users[0].authorized_keys[0]"},
+		{"system uid", "users:\n  - name: a\n    uid: 33\n    authorized_keys: [\"" + key + "\"]\n", "users[0].uid"},
+		{"gid without uid", "users:\n  - name: a\n    gid: 1000\n    authorized_keys: [\"" + key + "\"]\n", "users[0].gid"},
+		{"unknown admin", "admins: [root]\n", "admins[0]"},
+		{"bad duration", "shutdown_grace: forever\n", "shutdown_grace"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode(strings.NewReader(tc.yaml), "/etc/berth")
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoginNames(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"alice": true, "_svc": true, "a-b_c9": true, strings.Repeat("a", 32): true,
+		"": false, "Alice": false, "9lives": false, "a.b": false, "a/b": false, "a b": false,
+		"-a": false, strings.Repeat("a", 33): false, "alice+exp": false,
+	} {
+		if ValidName(name) != ok {
+			t.Errorf("ValidName(%q) = %v", name, !ok)
+		}
+	}
+}

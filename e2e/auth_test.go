@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"golang.org/x/crypto/ssh"
+)
+
+// offeredSigner offers one user's public key but signs with another's
+// private key, as a client that holds only the second one would. signed
+// records that the server accepted the offer: x/crypto's client signs only
+// after the server answered the unsigned query with PK_OK.
+type offeredSigner struct {
+	offered ssh.PublicKey
+	real    ssh.Signer
+	signed  *atomic.Bool
+}
+
+func (s offeredSigner) PublicKey() ssh.PublicKey { return s.offered }
+
+func (s offeredSigner) Sign(rand io.Reader, data []byte) (*ssh.Signature, error) {
+	s.signed.Store(true)
+	return s.real.Sign(rand, data)
+}
+
+func (s offeredSigner) SignWithAlgorithm(rand io.Reader, data []byte, algorithm string) (*ssh.Signature, error) {
+	s.signed.Store(true)
+	return s.real.(ssh.AlgorithmSigner).SignWithAlgorithm(rand, data, algorithm)
+}
+
+// Identity comes only from a key the client proved it holds.
+func TestOfferingAnotherUsersKeyDoesNotLogYouIn(t *testing.T) {
+	t.Parallel()
+	alice, bob := newUser(t, "alice"), newUser(t, "bob")
+	g := startGateway(t, options{}, alice, bob)
+
+	dial := func(login string, auth ...ssh.AuthMethod) error {
+		c, err := ssh.Dial("tcp", g.addr, &ssh.ClientConfig{
+			User: login, Auth: auth, HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
+		})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+
+	// Offer alice's public key without being able to sign for it; the
+	// server accepts the query. Then sign with bob's key.
+	var queried atomic.Bool
+	fake := offeredSigner{offered: alice.signer.PublicKey(), real: bob.signer, signed: &queried}
+	err := dial(alice.name, ssh.PublicKeys(fake), ssh.PublicKeys(bob.signer))
+	if !queried.Load() {
+		t.Fatal("the server refused the unsigned query for alice's key; the test proves nothing")
+	}
+	if err == nil {
+		t.Fatal("logged in as alice after offering her key and signing with bob's")
+	}
+
+	// Bob's own key works for bob, and bob is who he is inside.
+	if out := g.runOK(bob, "id -un"); strings.TrimSpace(out) != bob.name {
+		t.Fatalf("bob logged in as %q", out)
+	}
+}
+
+func TestUnknownUserAndWrongKeyAreRefusedAlike(t *testing.T) {
+	t.Parallel()
+	alice, mallory := newUser(t, "alice"), newUser(t, "mallory")
+	g := startGateway(t, options{}, alice)
+
+	wrongKey := mallory
+	wrongKey.name = alice.name
+	unknown := run(t, g.ssh(mallory, nil, "true"), "")
+	wrong := run(t, g.ssh(wrongKey, nil, "true"), "")
+	for _, r := range []result{unknown, wrong} {
+		if r.code != 255 || !strings.Contains(r.stderr, "Permission denied (publickey)") {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+	}
+	if unknown.stderr != strings.ReplaceAll(wrong.stderr, alice.name, mallory.name) {
+		t.Fatalf("refusals differ:\n%q\n%q", unknown.stderr, wrong.stderr)
+	}
+	fp := ssh.FingerprintSHA256(mallory.signer.PublicKey())
+	if g.logs.count("key refused", "user="+alice.name, fp, "source=127.0.0.1") == 0 ||
+		g.logs.count("key refused", "user="+mallory.name, fp, "source=127.0.0.1") == 0 {
+		t.Fatalf("refusals not logged with user, key and source:\n%s", g.logs)
+	}
+	// Nobody got a container out of it.
+	if _, err := docker.ContainerInspect(t.Context(), "berth-"+mallory.name, client.ContainerInspectOptions{}); err == nil {
+		t.Fatal("a refused user got a container")
+	}
+}
+
+func TestInvalidLoginNamesAreRefusedBeforeAnythingElse(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	g := startGateway(t, options{}, alice)
+	for _, name := range []string{"../etc", "Alice", "a b", "x;reboot", strings.Repeat("a", 33)} {
+		u := alice
+		u.name = name
+		if r := run(t, g.ssh(u, nil, "true"), ""); r.code != 255 {
+			t.Fatalf("login as %q: exit %d", name, r.code)
+		}
+	}
+	if n := g.logs.count("invalid login name"); n == 0 {
+		t.Fatalf("invalid names not logged:\n%s", g.logs)
+	}
+}
+
+func TestHostKeysAreStableAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	state := shortTempDir(t)
+	hostKey := func() string {
+		g := startGateway(t, options{stateDir: state}, alice)
+		var fp string
+		c, err := ssh.Dial("tcp", g.addr, &ssh.ClientConfig{
+			User: alice.name, Auth: []ssh.AuthMethod{ssh.PublicKeys(alice.signer)},
+			HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+				fp = ssh.FingerprintSHA256(key)
+				return nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		return fp
+	}
+	if a, b := hostKey(), hostKey(); a != b || a == "" {
+		t.Fatalf("host key changed across restarts: %s then %s", a, b)
+	}
+}

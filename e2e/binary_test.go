@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildBerth builds the berth command once per run.
+var buildBerth = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "berth-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "berth")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/berth")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build berth: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func berthBin(t *testing.T) string {
+	t.Helper()
+	bin, err := buildBerth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+func TestCheckConfigNamesTheOffendingKey(t *testing.T) {
+	t.Parallel()
+	bin := berthBin(t)
+	example, err := exec.Command(bin, "check-config", filepath.Join(root, "config.yaml")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("the example config.yaml does not validate: %v\n%s", err, example)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"listen: :2222\nbogus: 1\n", `line 2: unknown key "bogus"`},
+		{"users:\n  - name: Alice\n    authorized_keys: [x]\n", `users[0].name: "Alice" is not a valid login name`},
+		{"users:\n  - name: alice\n    authorized_keys: [\"not a key\"]\n", "users[0].authorized_keys[0]"},
+		{"shutdown_grace: soon\n", `"soon" is not a duration`},
+	} {
+		path := filepath.Join(t.TempDir(), "config.yaml")
+		os.WriteFile(path, []byte(tc.yaml), 0o644)
+		out, err := exec.Command(bin, "check-config", path).CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("check-config %q: %v, output %q; want exit 2 naming %q", tc.yaml, err, out, tc.want)
+		}
+	}
+	if out, err := exec.Command(bin, "version").Output(); err != nil || !strings.HasPrefix(string(out), "berth ") {
+		t.Errorf("berth version: %v %q", err, out)
+	}
+}
+
+// A served berth stops accepting on SIGTERM, lets the open session finish,
+// exits 0, and leaves the container running.
+func TestSIGTERMDrainsSessionsAndLeavesContainersRunning(t *testing.T) {
+	t.Parallel()
+	bin := berthBin(t)
+	alice := newUser(t, "alice")
+	port := freePort(t)
+	cfg, path := gatewayConfig(t, options{listen: "127.0.0.1:" + port, extra: "shutdown_grace: 30s\n"}, alice)
+	serve := exec.Command(bin, "serve", "--config", path)
+	logs := &logBuffer{}
+	serve.Stderr = logs
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { serve.Process.Kill(); serve.Wait() })
+	waitFor(t, "berth to listen", 30*time.Second, func() bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	g := &gw{t: t, addr: "127.0.0.1:" + port, port: port, cfg: cfg, logs: logs}
+	g.runOK(alice, "true")
+
+	session := g.ssh(alice, nil, "echo started; sleep 2; echo finished")
+	stdout, _ := session.StdoutPipe()
+	if err := session.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() || lines.Text() != "started" {
+		t.Fatalf("session did not start: %q", lines.Text())
+	}
+	serve.Process.Signal(syscall.SIGTERM)
+	waitFor(t, "berth to stop accepting", 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	if !lines.Scan() || lines.Text() != "finished" {
+		t.Fatalf("the open session was cut: %q", lines.Text())
+	}
+	if err := session.Wait(); err != nil {
+		t.Fatalf("session: %v", err)
+	}
+	if err := serve.Wait(); err != nil {
+		t.Fatalf("berth serve exited with %v after SIGTERM\n%s", err, logs)
+	}
+	if !strings.Contains(logs.String(), "shutting down") {
+		t.Fatalf("no shutdown log line:\n%s", logs)
+	}
+	if st := inspect(t, alice).Container.State; st == nil || !st.Running {
+		t.Fatal("berth's shutdown stopped the user's container")
+	}
+}
+
+// freePort returns a TCP port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}

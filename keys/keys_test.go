@@ -1,0 +1,84 @@
+package keys
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/berth-ssh/berth/config"
+)
+
+func newKey(t *testing.T) ssh.PublicKey {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func line(k ssh.PublicKey) string { return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) }
+
+func TestAuthorize(t *testing.T) {
+	dir := t.TempDir()
+	inline, fromFile, shared, stranger := newKey(t), newKey(t), newKey(t), newKey(t)
+	file := filepath.Join(dir, "bob_keys")
+	os.WriteFile(file, []byte("# bob's keys\n\nno-pty "+line(fromFile)+" bob@desk\n"+line(shared)+"\n"), 0o644)
+	yaml := "users:\n" +
+		"  - name: alice\n    authorized_keys: [\"" + line(inline) + "\", \"" + line(shared) + "\"]\n" +
+		"  - name: bob\n    authorized_keys: [\"./bob_keys\"]\n"
+	cfg, err := config.Decode(strings.NewReader(yaml), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	book := New(cfg)
+	for _, tc := range []struct {
+		user string
+		key  ssh.PublicKey
+		ok   bool
+	}{
+		{"alice", inline, true},
+		{"alice", shared, true},
+		{"bob", fromFile, true},
+		{"bob", shared, true}, // one key, two accounts
+		{"alice", fromFile, false},
+		{"bob", inline, false},
+		{"alice", stranger, false},
+		{"carol", inline, false}, // unknown user: the same refusal
+	} {
+		_, err := book.Authorize(tc.user, tc.key)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrDenied)) {
+			t.Errorf("Authorize(%s, %s) = %v, want ok=%v", tc.user, ssh.FingerprintSHA256(tc.key), err, tc.ok)
+		}
+	}
+	e, _ := book.Authorize("bob", fromFile)
+	if len(e.Options) != 1 || e.Options[0] != "no-pty" || e.Source != file {
+		t.Errorf("entry: %+v", e)
+	}
+
+	// Key files are read at each login: an edit takes effect at once.
+	os.WriteFile(file, []byte(line(shared)+"\n"), 0o644)
+	if _, err := book.Authorize("bob", fromFile); err == nil {
+		t.Error("a key removed from the file still logs in")
+	}
+}
+
+func TestReadFileReportsBadLinesAndKeepsGoodOnes(t *testing.T) {
+	k := newKey(t)
+	path := filepath.Join(t.TempDir(), "keys")
+	os.WriteFile(path, []byte("garbage here\n"+line(k)+"\n"), 0o644)
+	entries, err := ReadFile(path)
+	if len(entries) != 1 || err == nil || !strings.Contains(err.Error(), path+":1") {
+		t.Fatalf("entries %d, err %v", len(entries), err)
+	}
+}
