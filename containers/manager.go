@@ -175,6 +175,12 @@ func (m *Manager) ensure(ctx context.Context, u config.User, progress io.Writer)
 		return m.dockerFailure(ctx, "berth could not look up your container", err)
 	default:
 		c := inspect.Container
+		if !m.ownRunDir(c, name) {
+			return &Failure{
+				Msg: "a container named " + name + " exists that another berth installation made; an admin must remove it",
+				Err: fmt.Errorf("container %s does not mount %s at %s", name, m.runDir(name), agent.RunDir),
+			}
+		}
 		if c.Config != nil && c.Config.Labels[LabelConfig] != want.hash() {
 			m.log.Warn("container differs from the current config; keeping it", "container", name,
 				"has", c.Config.Labels[LabelConfig], "want", want.hash())
@@ -185,6 +191,17 @@ func (m *Manager) ensure(ctx context.Context, u config.User, progress io.Writer)
 		}
 	}
 	return m.start(ctx, name, progress)
+}
+
+// ownRunDir reports whether c mounts this berth's agent directory, that
+// is, whether this berth (this state_dir) made it.
+func (m *Manager) ownRunDir(c container.InspectResponse, name string) bool {
+	for _, mt := range c.Mounts {
+		if mt.Destination == agent.RunDir {
+			return mt.Source == m.runDir(name)
+		}
+	}
+	return false
 }
 
 // start starts the container and waits for its agent.
@@ -325,16 +342,17 @@ func (m *Manager) socketPath(name string) string {
 // spec is everything a container is created from. Its hash is kept in a
 // label, so berth can tell when the config has moved on.
 type spec struct {
-	Image   string        `json:"image"`
-	Account agent.Account `json:"account"`
-	Layout  int           `json:"layout"` // mounts and agent paths
+	Image    string        `json:"image"`
+	Account  agent.Account `json:"account"`
+	DataRoot string        `json:"data_root"`
+	Layout   int           `json:"layout"` // mounts and agent paths
 }
 
 // layoutVersion changes whenever create changes what it makes.
 const layoutVersion = 1
 
 func (m *Manager) spec(a agent.Account) spec {
-	return spec{Image: m.env.Tag(), Account: a, Layout: layoutVersion}
+	return spec{Image: m.env.Tag(), Account: a, DataRoot: m.cfg.DataRoot, Layout: layoutVersion}
 }
 
 func (s spec) hash() string {

@@ -309,3 +309,14 @@ func TestDefaultEnvironmentBuildsAndHasTheSeedsTools(t *testing.T) {
 		return strings.Contains(string(b), "start script done") && strings.Contains(string(b), "CPU only")
 	})
 }
+
+func TestAContainerAnotherBerthMadeIsNotUsed(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	startGateway(t, options{}, alice).runOK(alice, "true")
+	other := startGateway(t, options{}, alice) // another state_dir
+	r := run(t, other.ssh(alice, nil, "true"), "")
+	if r.code != 255 || !strings.Contains(r.stderr, "exists that another berth installation made") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
