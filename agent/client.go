@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 )
 
 // Process is a process the agent started. Wait for its end, or Close to
@@ -26,9 +27,10 @@ type Process struct {
 	closeOnce sync.Once
 }
 
-// Dial connects to the agent socket at path. It fails fast when no agent
-// is listening, so callers can tell a stopped container from a slow one.
-func Dial(ctx context.Context, path string) (*net.UnixConn, error) {
+// Connect connects to the agent socket at path. It fails fast when no
+// agent is listening, so callers can tell a stopped container from a slow
+// one.
+func Connect(ctx context.Context, path string) (*net.UnixConn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -37,7 +39,7 @@ func Dial(ctx context.Context, path string) (*net.UnixConn, error) {
 	return c.(*net.UnixConn), nil
 }
 
-// Spawn asks the agent on conn to start a process. Without a TTY, stdio
+// Start asks the agent on conn to start a process. Without a TTY, stdio
 // must hold the child's ends of its stdin, stdout and stderr; Spawn passes
 // them and the caller closes its copies afterwards. Spawn takes over conn:
 // the returned Process closes it.
@@ -120,4 +122,102 @@ func closeFiles(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// DialInside connects to addr from inside the container, as its user, and
+// returns the connection. It uses up conn, a fresh agent connection.
+func DialInside(conn *net.UnixConn, network, addr string) (net.Conn, error) {
+	line, proc, f, _, err := runNetHelper(conn, "dial", network, addr)
+	if err != nil {
+		return nil, err
+	}
+	line.Close()
+	proc.Close()
+	defer f.Close()
+	return net.FileConn(f)
+}
+
+// Listener is a socket listening inside the container, accepted from by
+// berth. Close stops it; a unix socket's file is then removed.
+type Listener struct {
+	net.Listener
+	// Address is where it listens, with the port the kernel chose for a
+	// ":0" request, or the path of the socket.
+	Address string
+
+	line *os.File // the helper holds on until this closes
+	proc *Process
+}
+
+// ListenInside listens on addr inside the container, as its user. network
+// is "tcp", "unix", or AgentSocket for a fresh private socket. It uses up
+// conn, a fresh agent connection.
+func ListenInside(conn *net.UnixConn, network, addr string) (*Listener, error) {
+	line, proc, f, reply, err := runNetHelper(conn, "listen", network, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		line.Close()
+		proc.Close()
+		return nil, err
+	}
+	return &Listener{Listener: l, Address: reply.Addr, line: line, proc: proc}, nil
+}
+
+// Close stops listening and lets the helper clean up.
+func (l *Listener) Close() error {
+	err := l.Listener.Close()
+	l.line.Close()
+	l.proc.Close()
+	return err
+}
+
+// runNetHelper starts a dial or listen helper and returns its line, its
+// process, and the descriptor it passed back with its reply.
+func runNetHelper(conn *net.UnixConn, verb, network, addr string) (line *os.File, proc *Process, f *os.File, r helperReply, err error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		conn.Close()
+		return nil, nil, nil, r, err
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "helper"), os.NewFile(uintptr(fds[1]), "helper")
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		conn.Close()
+		ours.Close()
+		theirs.Close()
+		return nil, nil, nil, r, err
+	}
+	proc, err = Start(conn, Spawn{Helper: []string{verb, network, addr}}, theirs, devnull, devnull)
+	theirs.Close()
+	devnull.Close()
+	if err != nil {
+		ours.Close()
+		return nil, nil, nil, r, err
+	}
+	fail := func(err error) (*os.File, *Process, *os.File, helperReply, error) {
+		ours.Close()
+		proc.Close()
+		return nil, nil, nil, r, err
+	}
+	c, err := net.FileConn(ours)
+	if err != nil {
+		return fail(err)
+	}
+	defer c.Close() // a dup: ours stays open
+	files, err := readMessage(c.(*net.UnixConn), &r, false)
+	if err != nil {
+		return fail(fmt.Errorf("%s helper: %w", verb, err))
+	}
+	if r.Error != "" || len(files) != 1 {
+		closeFiles(files)
+		if r.Error == "" {
+			r.Error = "no descriptor passed"
+		}
+		return fail(errors.New(r.Error))
+	}
+	return ours, proc, files[0], r, nil
 }

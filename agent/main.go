@@ -28,6 +28,11 @@ const (
 
 // Main is berth-agent's entry point. It returns the process's exit code.
 func Main(args []string) int {
+	if len(args) > 0 && args[0] != "init" {
+		if code := runHelper(args[0], args[1:]); code != 2 {
+			return code
+		}
+	}
 	if len(args) < 1 || args[0] != "init" {
 		fmt.Fprintln(os.Stderr, "usage: berth-agent init --user NAME --uid N --gid N [--sudo]")
 		return 2

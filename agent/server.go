@@ -191,15 +191,22 @@ func (s *Server) spawn(c *net.UnixConn, sp *Spawn, files []*os.File, fail func(e
 func (s *Server) command(sp *Spawn) *exec.Cmd {
 	shell := s.Shell
 	var cmd *exec.Cmd
-	if sp.Command == "" {
+	if len(sp.Helper) > 0 {
+		cmd = &exec.Cmd{Path: BinaryPath, Args: append([]string{"berth-agent"}, sp.Helper...)}
+	} else if sp.Command == "" {
 		cmd = &exec.Cmd{Path: shell, Args: []string{"-" + filepath.Base(shell)}}
 	} else {
 		cmd = &exec.Cmd{Path: shell, Args: []string{filepath.Base(shell), "-c", sp.Command}}
 	}
+	// A shell starts in ~/projects, where the work is. A command runs in
+	// the home directory, as under sshd, so that the relative paths scp,
+	// rsync and scripts use mean what they mean everywhere else.
 	home := s.Account.Home()
 	cmd.Dir = home
-	if st, err := os.Stat(filepath.Join(home, "projects")); err == nil && st.IsDir() {
-		cmd.Dir = filepath.Join(home, "projects")
+	if sp.Command == "" && len(sp.Helper) == 0 {
+		if st, err := os.Stat(filepath.Join(home, "projects")); err == nil && st.IsDir() {
+			cmd.Dir = filepath.Join(home, "projects")
+		}
 	}
 	cmd.Env = mergeEnv(s.Env,
 		"HOME="+home,

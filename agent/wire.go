@@ -15,8 +15,8 @@
 //
 // Gateway side:
 //
-//	c, err := agent.Dial(ctx, socketPath)
-//	p, err := c.Spawn(agent.Spawn{Command: "make"}, stdinR, stdoutW, stderrW)
+//	c, err := agent.Connect(ctx, socketPath)
+//	p, err := agent.Start(c, agent.Spawn{Command: "make"}, stdinR, stdoutW, stderrW)
 //	status := p.Wait()
 package agent
 
@@ -48,6 +48,9 @@ type Spawn struct {
 	// Command runs through the user's shell with -c; empty means a login
 	// shell.
 	Command string `json:"command,omitempty"`
+	// Helper, when set, runs berth-agent itself with these arguments (see
+	// helpers.go) instead of the shell.
+	Helper []string `json:"helper,omitempty"`
 	// Env is added to the container's environment: TERM, LANG, SSH_*.
 	Env []string `json:"env,omitempty"`
 	// TTY, when set, asks the agent to open a PTY for the process.

@@ -287,7 +287,7 @@ type agentProc struct {
 // agentStart dials the agent and starts command (run by the user's shell
 // with -c, as sshd does) with three fresh pipes.
 func (f *fixture) agentStart(ctx context.Context, command string) (*agentProc, error) {
-	conn, err := agent.Dial(ctx, f.sock)
+	conn, err := agent.Connect(ctx, f.sock)
 	if err != nil {
 		return nil, fmt.Errorf("dial agent: %w", err)
 	}

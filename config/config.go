@@ -47,6 +47,16 @@ type Config struct {
 	// Sudo gives users passwordless sudo inside their container, as the
 	// seed's image did. Default true; a user's own setting wins.
 	Sudo *bool `yaml:"sudo"`
+	// Forwarding allows port, socket and agent forwarding (ssh -L, -R, -D,
+	// -A), always dialled inside the user's own container. IDEs such as
+	// VS Code need it. Default true; a user's own setting wins.
+	Forwarding *bool `yaml:"forwarding"`
+	// KeepaliveInterval is how often berth checks an idle client is still
+	// there; 0s turns it off. Default 30s.
+	KeepaliveInterval *Duration `yaml:"keepalive_interval"`
+	// KeepaliveCountMax is how many unanswered checks drop a client.
+	// Default 3.
+	KeepaliveCountMax int `yaml:"keepalive_count_max"`
 	// ShutdownGrace is how long SIGTERM lets open sessions drain before
 	// berth closes them. Containers keep running either way. Default 30s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
@@ -87,6 +97,8 @@ type User struct {
 	GID *int `yaml:"gid"`
 	// Sudo overrides the global sudo setting for this user.
 	Sudo *bool `yaml:"sudo"`
+	// Forwarding overrides the global forwarding setting for this user.
+	Forwarding *bool `yaml:"forwarding"`
 }
 
 // Duration is a time.Duration written as "30s" or "5m".
@@ -236,6 +248,15 @@ func (c *Config) setDefaults() {
 	if c.Sudo == nil {
 		c.Sudo = ptr(true)
 	}
+	if c.Forwarding == nil {
+		c.Forwarding = ptr(true)
+	}
+	if c.KeepaliveInterval == nil {
+		c.KeepaliveInterval = ptr(Duration(30 * time.Second))
+	}
+	if c.KeepaliveCountMax == 0 {
+		c.KeepaliveCountMax = 3
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = Duration(30 * time.Second)
 	}
@@ -271,6 +292,12 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.DataRoot) || filepath.Clean(c.DataRoot) == "/" {
 		return fmt.Errorf("data_root: %q must be an absolute path below /", c.DataRoot)
+	}
+	if *c.KeepaliveInterval < 0 {
+		return errors.New("keepalive_interval: must not be negative (0 turns keepalives off)")
+	}
+	if c.KeepaliveCountMax < 1 {
+		return fmt.Errorf("keepalive_count_max: %d must be at least 1", c.KeepaliveCountMax)
 	}
 	for k := range c.Environment.BuildArgs {
 		if k == "" {
@@ -324,6 +351,14 @@ func (c *Config) User(name string) (User, bool) {
 		}
 	}
 	return User{}, false
+}
+
+// ForwardingFor reports whether u may forward ports, sockets and agents.
+func (c *Config) ForwardingFor(u User) bool {
+	if u.Forwarding != nil {
+		return *u.Forwarding
+	}
+	return *c.Forwarding
 }
 
 // SudoFor reports whether u gets passwordless sudo.

@@ -123,7 +123,7 @@ func (m *Manager) Open(ctx context.Context, u config.User, progress io.Writer) (
 	name := Name(u.Name)
 	sock := m.socketPath(name)
 	if m.isReady(name) {
-		if c, err := agent.Dial(ctx, sock); err == nil {
+		if c, err := agent.Connect(ctx, sock); err == nil {
 			return c, nil
 		}
 		m.setReady(name, false)
@@ -134,7 +134,7 @@ func (m *Manager) Open(ctx context.Context, u config.User, progress io.Writer) (
 	if err != nil {
 		return nil, err
 	}
-	c, err := agent.Dial(ctx, sock)
+	c, err := agent.Connect(ctx, sock)
 	if err != nil {
 		return nil, &Failure{Msg: "your container is running but berth's agent in it does not answer", Err: err}
 	}
@@ -228,7 +228,7 @@ func (m *Manager) waitAgent(ctx context.Context, name string, progress io.Writer
 	deadline := time.Now().Add(agentWait)
 	delay := 5 * time.Millisecond
 	for polls := 0; ; polls++ {
-		c, err := agent.Dial(ctx, sock)
+		c, err := agent.Connect(ctx, sock)
 		if err == nil {
 			c.Close()
 			return nil

@@ -22,8 +22,10 @@ func TestLoginLandsInOwnContainerAsOwnUser(t *testing.T) {
 	alice := newUser(t, "alice")
 	g := startGateway(t, options{}, alice)
 
+	// A command runs in the home directory, as under sshd; a shell starts
+	// in projects (TestTerminalSessions).
 	out := g.runOK(alice, "id -un; id -u; id -g; pwd; hostname; echo $HOME; echo $SHELL")
-	want := []string{alice.name, "3000", "3000", "/home/" + alice.name + "/projects",
+	want := []string{alice.name, "3000", "3000", "/home/" + alice.name,
 		"berth-" + alice.name, "/home/" + alice.name, "/bin/bash"}
 	if got := strings.Fields(out); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("got %q, want %q", got, want)
@@ -37,7 +39,7 @@ func TestLoginLandsInOwnContainerAsOwnUser(t *testing.T) {
 	}
 
 	// A file made in the container is the user's on the host.
-	g.runOK(alice, "echo hello > made-inside")
+	g.runOK(alice, "echo hello > projects/made-inside")
 	path := filepath.Join(g.cfg.DataRoot, alice.name, "projects", "made-inside")
 	if owner := fileOwner(t, path); owner != 3000 {
 		t.Fatalf("file made inside is owned by %d on the host, want 3000", owner)

@@ -19,6 +19,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/keys"
 	"github.com/berth-ssh/berth/sessions"
+	"github.com/berth-ssh/berth/tunnels"
 )
 
 // handshakeTimeout bounds a connection's time before it is authenticated.
@@ -146,6 +148,12 @@ func (s *Server) serveConn(nc net.Conn) {
 	defer nc.Close()
 	id := newID()
 	log := s.log.With("conn", id, "source", nc.RemoteAddr().String())
+	// A bug here must cost one connection, not the gateway.
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("panic serving connection", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
 
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
@@ -168,37 +176,108 @@ func (s *Server) serveConn(nc net.Conn) {
 	log = log.With("user", name, "container", containers.Name(name))
 	log.Info("authenticated", "key", sconn.Permissions.Extensions[extKey], "client", string(sconn.ClientVersion()))
 
-	// Global requests: keepalive@openssh.com and the like get a reply,
-	// which is all a keepalive needs. Forwarding requests come later.
-	go ssh.DiscardRequests(reqs)
-
 	ctx, cancel := context.WithCancelCause(s.base)
 	defer cancel(errors.New("connection closed"))
 	opener := userOpener{m: s.containers, user: user}
-	env := []string{
-		"SSH_CONNECTION=" + sshConnection(nc),
-		"SSH_CLIENT=" + sshClient(nc),
+	forwarding := s.cfg.ForwardingFor(user)
+	remote := tunnels.NewRemote(sconn, opener, log)
+	defer remote.Close()
+	var done sync.WaitGroup // everything this connection started
+	done.Go(func() { s.globalRequests(ctx, reqs, remote, forwarding) })
+	if every := time.Duration(*s.cfg.KeepaliveInterval); every > 0 {
+		go keepalive(ctx, sconn, every, s.cfg.KeepaliveCountMax, log)
 	}
-	var sessionsDone sync.WaitGroup
+
+	conn := sessions.Conn{
+		SSH:    sconn,
+		Opener: opener,
+		Env: []string{
+			"SSH_CONNECTION=" + sshConnection(nc),
+			"SSH_CLIENT=" + sshClient(nc),
+		},
+		AgentForwarding: forwarding,
+	}
 	n := 0
 	for nch := range chans {
-		switch nch.ChannelType() {
-		case "session":
+		switch typ := nch.ChannelType(); {
+		case typ == "session":
 			ch, creqs, err := nch.Accept()
 			if err != nil {
 				log.Info("accept session", "err", err)
 				continue
 			}
 			n++
-			sessionLog := log.With("session", n)
-			sessionsDone.Go(func() { sessions.New(ch, opener, sessionLog, env).Serve(ctx, creqs) })
+			c := conn
+			c.Log = log.With("session", n)
+			done.Go(func() { sessions.New(ch, c).Serve(ctx, creqs) })
+		case typ == tunnels.DirectTCPIP || typ == tunnels.DirectStreamlocal:
+			if !forwarding {
+				nch.Reject(ssh.Prohibited, "forwarding is turned off for you")
+				continue
+			}
+			done.Go(func() { tunnels.Direct(ctx, nch, opener, log) })
 		default:
-			nch.Reject(ssh.UnknownChannelType, fmt.Sprintf("berth does not support %s channels", nch.ChannelType()))
+			nch.Reject(ssh.UnknownChannelType, fmt.Sprintf("berth does not support %s channels", typ))
 		}
 	}
 	cancel(errors.New("connection closed"))
-	sessionsDone.Wait()
+	remote.Close()
+	done.Wait()
 	log.Info("connection closed")
+}
+
+// globalRequests answers the connection's global requests until it
+// closes: remote forwards, and a failure reply for anything else, which
+// is all keepalive@openssh.com needs.
+func (s *Server) globalRequests(ctx context.Context, reqs <-chan *ssh.Request, remote *tunnels.Remote, forwarding bool) {
+	for req := range reqs {
+		switch req.Type {
+		case tunnels.TCPIPForward, tunnels.CancelTCPIPForward, tunnels.UnixForward, tunnels.CancelUnixForward:
+			if forwarding {
+				remote.Handle(ctx, req)
+				continue
+			}
+		}
+		if req.WantReply {
+			req.Reply(false, nil)
+		}
+	}
+}
+
+// keepalive asks the client for a reply every interval and closes the
+// connection after max unanswered asks in a row, so that a vanished
+// client's sessions end.
+func keepalive(ctx context.Context, conn ssh.Conn, every time.Duration, max int, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	missed := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		replied := make(chan error, 1)
+		go func() {
+			_, _, err := conn.SendRequest("keepalive@openssh.com", true, nil)
+			replied <- err
+		}()
+		select {
+		case err := <-replied:
+			if err != nil {
+				return // the connection is closing
+			}
+			missed = 0
+		case <-time.After(every):
+			if missed++; missed >= max {
+				log.Info("client stopped answering keepalives; closing", "missed", missed)
+				conn.Close()
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // userOpener opens the agent connection for one user's sessions.

@@ -2,7 +2,7 @@
 // container: the PTY, stdin, stdout and stderr, window changes, signals and
 // the exit status, with the behaviour OpenSSH's sshd has.
 //
-//	s := sessions.New(ch, opener, logger, env)
+//	s := sessions.New(ch, sessions.Conn{SSH: sconn, Opener: opener, Log: logger})
 //	s.Serve(ctx, reqs) // returns when the session is over
 //
 // A session reads its requests in Serve and runs its process in one other
@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/berth-ssh/berth/agent"
 	"github.com/berth-ssh/berth/containers"
+	"github.com/berth-ssh/berth/tunnels"
 )
 
 // Opener connects a session to the agent in its user's container, making
@@ -44,24 +46,54 @@ const ExitGatewayFailure = 255
 // terminal open; sshd, too, closes the session then.
 const ptyDrain = 100 * time.Millisecond
 
-// Session is one SSH "session" channel.
-type Session struct {
-	ch     ssh.Channel
-	opener Opener
-	log    *slog.Logger
-	env    []string
-
-	mu      sync.Mutex
-	tty     *agent.TTY // set by pty-req
-	master  *os.File   // the running process's terminal, while it runs
-	proc    *agent.Process
-	started bool
+// Conn is what a session knows of its connection.
+type Conn struct {
+	// SSH is the connection, for opening agent channels to the client.
+	SSH    ssh.Conn
+	Opener Opener
+	Log    *slog.Logger
+	// Env is set for every process on top of the container's
+	// environment: SSH_CONNECTION and such.
+	Env []string
+	// AgentForwarding allows ssh -A.
+	AgentForwarding bool
 }
 
-// New returns a session on ch. env is set for the process on top of the
-// container's (SSH_CONNECTION and such).
-func New(ch ssh.Channel, opener Opener, log *slog.Logger, env []string) *Session {
-	return &Session{ch: ch, opener: opener, log: log, env: env}
+// Session is one SSH "session" channel.
+type Session struct {
+	ch   ssh.Channel
+	conn Conn
+	log  *slog.Logger
+	env  []string
+
+	mu           sync.Mutex
+	tty          *agent.TTY // set by pty-req
+	agentForward bool       // set by auth-agent-req
+	master       *os.File   // the running process's terminal, while it runs
+	proc         *agent.Process
+	started      bool
+}
+
+// New returns a session on ch.
+func New(ch ssh.Channel, c Conn) *Session {
+	return &Session{ch: ch, conn: c, log: c.Log, env: append([]string(nil), c.Env...)}
+}
+
+// program is what a session runs: a command through the shell (empty for
+// a login shell), or one of berth-agent's helpers such as the SFTP server.
+type program struct {
+	command string
+	helper  []string
+}
+
+func (p program) String() string {
+	if len(p.helper) > 0 {
+		return "subsystem " + p.helper[0]
+	}
+	if p.command == "" {
+		return "login shell"
+	}
+	return p.command
 }
 
 // Serve handles the channel's requests until the channel closes, and
@@ -73,11 +105,11 @@ func (s *Session) Serve(ctx context.Context, reqs <-chan *ssh.Request) {
 	var ran sync.WaitGroup
 	for req := range reqs {
 		switch req.Type {
-		case "shell", "exec":
-			command, ok := s.command(req)
+		case "shell", "exec", "subsystem":
+			prog, ok := s.program(req)
 			req.Reply(ok, nil)
 			if ok {
-				ran.Go(func() { s.run(ctx, command) })
+				ran.Go(func() { s.run(ctx, prog) })
 			}
 		default:
 			ok := s.handle(req)
@@ -91,23 +123,31 @@ func (s *Session) Serve(ctx context.Context, reqs <-chan *ssh.Request) {
 	ran.Wait()
 }
 
-// command accepts the one shell or exec request a session may have.
-func (s *Session) command(req *ssh.Request) (string, bool) {
+// program accepts the one shell, exec or subsystem request a session may
+// have.
+func (s *Session) program(req *ssh.Request) (program, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
-		return "", false
+		return program{}, false
 	}
-	var command string
-	if req.Type == "exec" {
+	var prog program
+	switch req.Type {
+	case "exec":
 		var p struct{ Command string }
 		if ssh.Unmarshal(req.Payload, &p) != nil {
-			return "", false
+			return program{}, false
 		}
-		command = p.Command
+		prog.command = p.Command
+	case "subsystem":
+		var p struct{ Name string }
+		if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
+			return program{}, false
+		}
+		prog.helper = []string{"sftp"}
 	}
 	s.started = true
-	return command, true
+	return prog, true
 }
 
 // handle answers every request except shell and exec.
@@ -141,6 +181,12 @@ func (s *Session) handle(req *ssh.Request) bool {
 			pty.Setsize(s.master, &pty.Winsize{Cols: s.tty.Cols, Rows: s.tty.Rows})
 		}
 		return true
+	case "auth-agent-req@openssh.com":
+		if s.started || !s.conn.AgentForwarding {
+			return false
+		}
+		s.agentForward = true
+		return true
 	case "signal":
 		var p struct{ Signal string }
 		if ssh.Unmarshal(req.Payload, &p) != nil || s.proc == nil {
@@ -159,18 +205,34 @@ func acceptEnv(name string) bool {
 // run is the session's life, top to bottom: make the container ready,
 // start the process, bridge its I/O until it ends, report how it ended,
 // close.
-func (s *Session) run(ctx context.Context, command string) {
+func (s *Session) run(ctx context.Context, prog program) {
 	// Closing the channel is last, after the exit status (RFC 4254 §6.10:
 	// the status must precede the close for the client to see it).
 	defer s.ch.Close()
+	// A bug here must cost one session, not everyone's.
+	defer func() {
+		if p := recover(); p != nil {
+			s.fail(ctx, "run", fmt.Errorf("panic: %v\n%s", p, debug.Stack()))
+		}
+	}()
 	begin := time.Now()
 
-	conn, err := s.opener.Open(ctx, s.progress())
+	conn, err := s.conn.Opener.Open(ctx, s.progress())
 	if err != nil {
 		s.fail(ctx, "prepare container", err)
 		return
 	}
-	spec := s.spec(command)
+	spec := s.spec(prog)
+	if s.wantsAgent() {
+		// The socket lives as long as the session.
+		sock, err := tunnels.Agent(ctx, s.conn.SSH, s.conn.Opener, s.log)
+		if err != nil {
+			conn.Close()
+			s.fail(ctx, "agent forwarding", err)
+			return
+		}
+		spec.Env = append(spec.Env, "SSH_AUTH_SOCK="+sock)
+	}
 	var status agent.ExitStatus
 	if spec.TTY != nil {
 		status, err = s.runTTY(ctx, conn, spec, begin)
@@ -181,16 +243,22 @@ func (s *Session) run(ctx context.Context, command string) {
 		s.fail(ctx, "run", err)
 		return
 	}
-	s.log.Info("session ended", "command", command, "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
+	s.log.Info("session ended", "command", prog.String(), "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
 	s.sendExit(status)
 }
 
-// spec is the process request, from what the client asked for so far.
-func (s *Session) spec(command string) agent.Spawn {
+func (s *Session) wantsAgent() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sp := agent.Spawn{Command: command, Env: append([]string(nil), s.env...)}
-	if s.tty != nil {
+	return s.agentForward
+}
+
+// spec is the process request, from what the client asked for so far.
+func (s *Session) spec(prog program) agent.Spawn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sp := agent.Spawn{Command: prog.command, Helper: prog.helper, Env: append([]string(nil), s.env...)}
+	if s.tty != nil && len(prog.helper) == 0 {
 		t := *s.tty
 		sp.TTY = &t
 		sp.Env = append(sp.Env, "TERM="+t.Term)
