@@ -44,6 +44,15 @@ type Config struct {
 	AgentPath string `yaml:"agent_path"`
 	// Environment is the image every user's container is made from.
 	Environment Environment `yaml:"environment"`
+	// Environments are named alternatives: logging in as alice+NAME uses
+	// the one called NAME, when there is one, in a second container.
+	Environments map[string]Environment `yaml:"environments"`
+	// MaxContainers caps how many containers one user may have (their
+	// default one and alice+NAME ones). Default 3; per user too.
+	MaxContainers int `yaml:"max_containers"`
+	// IdleStopAfter stops a container with no SSH session and no busy
+	// process for this long; 0s (the default) never does. Per user too.
+	IdleStopAfter Duration `yaml:"idle_stop_after"`
 	// Sudo gives users passwordless sudo inside their container, as the
 	// seed's image did. Default true; a user's own setting wins.
 	Sudo *bool `yaml:"sudo"`
@@ -99,6 +108,9 @@ type User struct {
 	Sudo *bool `yaml:"sudo"`
 	// Forwarding overrides the global forwarding setting for this user.
 	Forwarding *bool `yaml:"forwarding"`
+	// MaxContainers and IdleStopAfter override the global settings.
+	MaxContainers int       `yaml:"max_containers"`
+	IdleStopAfter *Duration `yaml:"idle_stop_after"`
 }
 
 // Duration is a time.Duration written as "30s" or "5m".
@@ -119,6 +131,23 @@ var loginName = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 
 // ValidName reports whether name is an acceptable login name.
 func ValidName(name string) bool { return loginName.MatchString(name) }
+
+// instanceName is the rule for the NAME of a login alice+NAME.
+var instanceName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,15}$`)
+
+// ValidInstance reports whether name may follow the + of a login name.
+func ValidInstance(name string) bool { return instanceName.MatchString(name) }
+
+// SplitLogin splits a login name such as alice+exp into the user and the
+// instance ("" for the user's default container). ok is false unless both
+// parts are valid.
+func SplitLogin(login string) (user, instance string, ok bool) {
+	user, instance, plus := strings.Cut(login, "+")
+	if !ValidName(user) || (plus && !ValidInstance(instance)) {
+		return "", "", false
+	}
+	return user, instance, true
+}
 
 // MinUID is the lowest uid berth gives a user: below it are the system
 // accounts of the images users run.
@@ -248,6 +277,15 @@ func (c *Config) setDefaults() {
 	if c.Sudo == nil {
 		c.Sudo = ptr(true)
 	}
+	if c.MaxContainers == 0 {
+		c.MaxContainers = 3
+	}
+	for name, env := range c.Environments {
+		if env.Dockerfile != "" {
+			env.Dockerfile = c.Path(env.Dockerfile)
+			c.Environments[name] = env
+		}
+	}
 	if c.Forwarding == nil {
 		c.Forwarding = ptr(true)
 	}
@@ -304,6 +342,17 @@ func (c *Config) Validate() error {
 			return errors.New("environment.build_args: an argument has an empty name")
 		}
 	}
+	for name := range c.Environments {
+		if !ValidInstance(name) {
+			return fmt.Errorf("environments.%s: not a valid container name (want [a-z0-9][a-z0-9-]{0,15})", name)
+		}
+	}
+	if c.MaxContainers < 1 {
+		return fmt.Errorf("max_containers: %d must be at least 1", c.MaxContainers)
+	}
+	if c.IdleStopAfter < 0 {
+		return errors.New("idle_stop_after: must not be negative")
+	}
 	seen := map[string]bool{}
 	for i, u := range c.Users {
 		key := fmt.Sprintf("users[%d]", i)
@@ -334,6 +383,12 @@ func (c *Config) Validate() error {
 		if u.GID != nil && u.UID == nil {
 			return fmt.Errorf("%s.gid: set uid too, or neither", key)
 		}
+		if u.MaxContainers < 0 {
+			return fmt.Errorf("%s.max_containers: %d must be at least 1", key, u.MaxContainers)
+		}
+		if u.IdleStopAfter != nil && *u.IdleStopAfter < 0 {
+			return fmt.Errorf("%s.idle_stop_after: must not be negative", key)
+		}
 	}
 	for i, a := range c.Admins {
 		if !seen[a] {
@@ -359,6 +414,32 @@ func (c *Config) ForwardingFor(u User) bool {
 		return *u.Forwarding
 	}
 	return *c.Forwarding
+}
+
+// MaxContainersFor is u's container limit.
+func (c *Config) MaxContainersFor(u User) int {
+	if u.MaxContainers > 0 {
+		return u.MaxContainers
+	}
+	return c.MaxContainers
+}
+
+// IdleStopFor is how long u's containers may sit idle; 0 is forever.
+func (c *Config) IdleStopFor(u User) time.Duration {
+	if u.IdleStopAfter != nil {
+		return time.Duration(*u.IdleStopAfter)
+	}
+	return time.Duration(c.IdleStopAfter)
+}
+
+// IsAdmin reports whether the user may run operator verbs.
+func (c *Config) IsAdmin(name string) bool {
+	for _, a := range c.Admins {
+		if a == name {
+			return true
+		}
+	}
+	return false
 }
 
 // SudoFor reports whether u gets passwordless sudo.

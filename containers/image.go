@@ -13,33 +13,40 @@ import (
 	"github.com/moby/moby/api/types/build"
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
+
+	"github.com/berth-ssh/berth/environment"
 )
 
-// ensureImage builds the environment image unless it exists. Concurrent
-// callers share one build and all see its output.
-func (m *Manager) ensureImage(ctx context.Context, progress io.Writer) error {
-	tag := m.env.Tag()
-	if _, err := m.docker.ImageInspect(ctx, tag); err == nil {
+// ensureImage builds env's image unless it exists.
+func (m *Manager) ensureImage(ctx context.Context, env *environment.Environment, progress io.Writer) error {
+	if _, err := m.docker.ImageInspect(ctx, env.Tag()); err == nil {
 		return nil
 	} else if !cerrdefs.IsNotFound(err) {
 		return m.dockerFailure(ctx, "berth could not look up the environment image", err)
 	}
-	return m.builds.do(ctx, m.base, tag, progress, func(ctx context.Context, progress io.Writer) error {
-		return m.Build(ctx, progress)
+	return m.buildShared(ctx, env, false, progress)
+}
+
+// buildShared builds env's image; concurrent callers share one build and
+// all see its output.
+func (m *Manager) buildShared(ctx context.Context, env *environment.Environment, noCache bool, progress io.Writer) error {
+	return m.builds.do(ctx, m.base, env.Tag(), progress, func(ctx context.Context, progress io.Writer) error {
+		return m.build(ctx, env, noCache, progress)
 	})
 }
 
-// Build builds the environment image, streaming Docker's build output to
-// progress as plain lines.
-func (m *Manager) Build(ctx context.Context, progress io.Writer) error {
-	tag := m.env.Tag()
+// build builds env's image, streaming Docker's build output to progress
+// as plain lines. noCache rebuilds every layer.
+func (m *Manager) build(ctx context.Context, env *environment.Environment, noCache bool, progress io.Writer) error {
+	tag := env.Tag()
 	begin := time.Now()
-	fmt.Fprintf(progress, "berth: building %s as %s; the first build takes a few minutes\n", m.env, tag)
-	m.log.Info("image build started", "image", tag, "environment", m.env.Name)
-	res, err := m.docker.ImageBuild(ctx, m.env.Context(), client.ImageBuildOptions{
+	fmt.Fprintf(progress, "berth: building %s as %s; the first build takes a few minutes\n", env, tag)
+	m.log.Info("image build started", "image", tag, "environment", env.Name, "no_cache", noCache)
+	res, err := m.docker.ImageBuild(ctx, env.Context(), client.ImageBuildOptions{
 		Tags:        []string{tag},
-		Dockerfile:  m.env.Dockerfile,
-		BuildArgs:   m.env.BuildArgs(),
+		NoCache:     noCache,
+		Dockerfile:  env.Dockerfile,
+		BuildArgs:   env.BuildArgs(),
 		Remove:      true,
 		ForceRemove: true,
 		Version:     build.BuilderV1,

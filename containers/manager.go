@@ -8,7 +8,7 @@
 // the container first when needed.
 //
 //	m, err := containers.New(ctx, cfg, logger)
-//	conn, err := m.Open(ctx, user, progress)
+//	conn, err := m.Open(ctx, containers.Ref{User: user}, progress)
 package containers
 
 import (
@@ -40,9 +40,13 @@ import (
 
 // Labels berth puts on what it creates.
 const (
-	LabelUser   = "berth.user"
-	LabelImage  = "berth.image"
-	LabelConfig = "berth.config"
+	LabelUser     = "berth.user"
+	LabelInstance = "berth.instance"
+	LabelImage    = "berth.image"
+	LabelConfig   = "berth.config"
+	// LabelPrevious is the image ID a container had before its last
+	// rebuild, for rollback.
+	LabelPrevious = "berth.previous-image"
 )
 
 // NetworkName is the bridge network user containers sit on. Its
@@ -56,7 +60,8 @@ const agentWait = 60 * time.Second
 type Manager struct {
 	docker *client.Client
 	cfg    *config.Config
-	env    *environment.Environment
+	env    *environment.Environment            // the default
+	envs   map[string]*environment.Environment // named, for alice+NAME
 	log    *slog.Logger
 	// base outlives sessions: builds and starts shared by several
 	// sessions run on it. It ends when the Manager is closed.
@@ -67,7 +72,7 @@ type Manager struct {
 	builds   flights // by image tag
 	starts   flights // by container name
 
-	mu    sync.Mutex
+	mu    sync.Mutex      // guards ready, env and envs
 	ready map[string]bool // containers whose agent answered before
 }
 
@@ -78,6 +83,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Manager, error) {
 	env, err := environment.Load(cfg.Environment.Dockerfile, cfg.Environment.BuildArgs)
 	if err != nil {
 		return nil, err
+	}
+	envs := map[string]*environment.Environment{}
+	for name, e := range cfg.Environments {
+		if envs[name], err = environment.Load(e.Dockerfile, e.BuildArgs); err != nil {
+			return nil, fmt.Errorf("environments.%s: %w", name, err)
+		}
 	}
 	opts := []client.Opt{client.FromEnv}
 	if cfg.DockerHost != "" {
@@ -91,6 +102,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Manager, error) {
 		docker:   docker,
 		cfg:      cfg,
 		env:      env,
+		envs:     envs,
 		log:      log,
 		accounts: accounts{path: filepath.Join(cfg.StateDir, "uids.json")},
 		ready:    map[string]bool{},
@@ -109,18 +121,71 @@ func (m *Manager) Close() error {
 	return m.docker.Close()
 }
 
-// Environment is the environment image new containers are made from.
-func (m *Manager) Environment() *environment.Environment { return m.env }
+// Ref names one of a user's containers: their default one, or the
+// instance of a login name such as alice+exp.
+type Ref struct {
+	User     config.User
+	Instance string
+}
 
-// Name is the container name of user's container.
+// Name is the container's name: berth-alice, or berth-alice-exp for
+// alice+exp.
+func (r Ref) Name() string {
+	if r.Instance == "" {
+		return Name(r.User.Name)
+	}
+	return Name(r.User.Name) + "-" + r.Instance
+}
+
+// Login is the login name that reaches the container.
+func (r Ref) Login() string {
+	if r.Instance == "" {
+		return r.User.Name
+	}
+	return r.User.Name + "+" + r.Instance
+}
+
+// Name is the container name of user's default container.
 func Name(user string) string { return "berth-" + user }
 
-// Open returns a connection to the agent in u's container, building the
+// environment is the environment ref's container is made from: the one
+// named like its instance, else the default.
+func (m *Manager) environment(r Ref) *environment.Environment {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.envs[r.Instance]; ok {
+		return e
+	}
+	return m.env
+}
+
+// reloadEnvironment reads r's environment from disk again, so that a
+// rebuild picks up an edited Dockerfile; containers made later use it too.
+func (m *Manager) reloadEnvironment(r Ref) (*environment.Environment, error) {
+	conf, named := m.cfg.Environments[r.Instance]
+	if !named {
+		conf = m.cfg.Environment
+	}
+	env, err := environment.Load(conf.Dockerfile, conf.BuildArgs)
+	if err != nil {
+		return nil, &Failure{Msg: "the environment's Dockerfile cannot be read", Err: err}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if named {
+		m.envs[r.Instance] = env
+	} else {
+		m.env = env
+	}
+	return env, nil
+}
+
+// Open returns a connection to the agent in r's container, building the
 // image and creating or starting the container when needed. Progress for
 // the user goes to progress. On the warm path it makes no Docker call at
 // all: a container whose agent answers is ready.
-func (m *Manager) Open(ctx context.Context, u config.User, progress io.Writer) (*net.UnixConn, error) {
-	name := Name(u.Name)
+func (m *Manager) Open(ctx context.Context, r Ref, progress io.Writer) (*net.UnixConn, error) {
+	name := r.Name()
 	sock := m.socketPath(name)
 	if m.isReady(name) {
 		if c, err := agent.Connect(ctx, sock); err == nil {
@@ -129,7 +194,8 @@ func (m *Manager) Open(ctx context.Context, u config.User, progress io.Writer) (
 		m.setReady(name, false)
 	}
 	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
-		return m.ensure(ctx, u, progress)
+		_, err := m.ensure(ctx, r, progress)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -154,43 +220,102 @@ func (m *Manager) setReady(name string, ok bool) {
 	m.ready[name] = ok
 }
 
-// ensure makes u's container exist and run, with its agent answering.
-func (m *Manager) ensure(ctx context.Context, u config.User, progress io.Writer) error {
-	name := Name(u.Name)
-	acct, err := m.account(u)
+// What ensure found and did.
+const (
+	wasRunning = "was already running"
+	wasStarted = "started"
+	wasCreated = "created and started"
+)
+
+// ensure makes r's container exist and run, with its agent answering, and
+// says which of that it had to do.
+func (m *Manager) ensure(ctx context.Context, r Ref, progress io.Writer) (string, error) {
+	name := r.Name()
+	acct, err := m.account(r.User)
 	if err != nil {
-		return &Failure{Msg: "berth could not work out your account", Err: err}
+		return "", &Failure{Msg: "berth could not work out your account", Err: err}
 	}
-	want := m.spec(acct)
+	want := m.spec(r, acct)
 	inspect, err := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
 	switch {
 	case cerrdefs.IsNotFound(err):
-		if err := m.ensureImage(ctx, progress); err != nil {
-			return err
+		if err := m.checkLimit(ctx, r); err != nil {
+			return "", err
 		}
-		if err := m.create(ctx, acct, want, progress); err != nil {
-			return err
+		if err := m.ensureImage(ctx, m.environment(r), progress); err != nil {
+			return "", err
 		}
+		if err := m.create(ctx, r, acct, want, want.Image, "", progress); err != nil {
+			return "", err
+		}
+		return wasCreated, m.start(ctx, name, progress)
 	case err != nil:
-		return m.dockerFailure(ctx, "berth could not look up your container", err)
-	default:
-		c := inspect.Container
-		if !m.ownRunDir(c, name) {
-			return &Failure{
-				Msg: "a container named " + name + " exists that another berth installation made; an admin must remove it",
-				Err: fmt.Errorf("container %s does not mount %s at %s", name, m.runDir(name), agent.RunDir),
-			}
-		}
-		if c.Config != nil && c.Config.Labels[LabelConfig] != want.hash() {
-			m.log.Warn("container differs from the current config; keeping it", "container", name,
-				"has", c.Config.Labels[LabelConfig], "want", want.hash())
-			fmt.Fprintf(progress, "berth: your container was made from an older configuration or image; it is kept as it is until it is recreated.\n")
-		}
-		if c.State != nil && c.State.Running {
-			return m.waitAgent(ctx, name, progress, false)
+		return "", m.dockerFailure(ctx, "berth could not look up your container", err)
+	}
+	c := inspect.Container
+	if err := m.owns(c, r); err != nil {
+		return "", err
+	}
+	if c.Config.Labels[LabelConfig] != want.hash() {
+		m.log.Warn("container differs from the current config; keeping it", "container", name,
+			"has", c.Config.Labels[LabelConfig], "want", want.hash())
+		fmt.Fprintf(progress, "berth: your container was made from an older configuration or image; it is kept as it is until `rebuild` recreates it.\n")
+	}
+	if c.State != nil && c.State.Running {
+		return wasRunning, m.waitAgent(ctx, name, progress, false)
+	}
+	return wasStarted, m.start(ctx, name, progress)
+}
+
+// owns checks that c is r's container, made by this berth: another
+// user's container can share its name (user alice-exp's berth-alice-exp
+// and alice+exp), and one made under another state_dir has its agent
+// elsewhere.
+func (m *Manager) owns(c container.InspectResponse, r Ref) error {
+	name := r.Name()
+	if c.Config == nil || c.Config.Labels[LabelUser] != r.User.Name || c.Config.Labels[LabelInstance] != r.Instance {
+		return &Failure{
+			Msg: "the container name " + name + " is taken by another user's container",
+			Err: fmt.Errorf("container %s has labels %v, want user %s instance %q", name, labels(c), r.User.Name, r.Instance),
 		}
 	}
-	return m.start(ctx, name, progress)
+	if !m.ownRunDir(c, name) {
+		return &Failure{
+			Msg: "a container named " + name + " exists that another berth installation made; an admin must remove it",
+			Err: fmt.Errorf("container %s does not mount %s at %s", name, m.runDir(name), agent.RunDir),
+		}
+	}
+	return nil
+}
+
+func labels(c container.InspectResponse) map[string]string {
+	if c.Config == nil {
+		return nil
+	}
+	return c.Config.Labels
+}
+
+// checkLimit refuses a new container past the user's max_containers.
+func (m *Manager) checkLimit(ctx context.Context, r Ref) error {
+	list, err := m.list(ctx, r.User.Name)
+	if err != nil {
+		return m.dockerFailure(ctx, "berth could not count your containers", err)
+	}
+	if max := m.cfg.MaxContainersFor(r.User); len(list) >= max {
+		return &Failure{
+			Msg: fmt.Sprintf("you already have %d containers, your limit; remove one with `ssh %s+NAME@host prune`", len(list), r.User.Name),
+			Err: fmt.Errorf("max_containers %d reached for %s", max, r.User.Name),
+		}
+	}
+	return nil
+}
+
+// list returns every container of user's, running or not.
+func (m *Manager) list(ctx context.Context, user string) ([]container.Summary, error) {
+	res, err := m.docker.ContainerList(ctx, client.ContainerListOptions{
+		All: true, Filters: make(client.Filters).Add("label", LabelUser+"="+user),
+	})
+	return res.Items, err
 }
 
 // ownRunDir reports whether c mounts this berth's agent directory, that
@@ -342,7 +467,7 @@ func (m *Manager) socketPath(name string) string {
 // spec is everything a container is created from. Its hash is kept in a
 // label, so berth can tell when the config has moved on.
 type spec struct {
-	Image    string        `json:"image"`
+	Image    string        `json:"image"` // the environment's tag
 	Account  agent.Account `json:"account"`
 	DataRoot string        `json:"data_root"`
 	Layout   int           `json:"layout"` // mounts and agent paths
@@ -351,8 +476,8 @@ type spec struct {
 // layoutVersion changes whenever create changes what it makes.
 const layoutVersion = 1
 
-func (m *Manager) spec(a agent.Account) spec {
-	return spec{Image: m.env.Tag(), Account: a, DataRoot: m.cfg.DataRoot, Layout: layoutVersion}
+func (m *Manager) spec(r Ref, a agent.Account) spec {
+	return spec{Image: m.environment(r).Tag(), Account: a, DataRoot: m.cfg.DataRoot, Layout: layoutVersion}
 }
 
 func (s spec) hash() string {
@@ -361,10 +486,12 @@ func (s spec) hash() string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// create makes the user's data directories and container. Everything that
-// Docker fixes at creation (mounts, init, network, labels) is final here.
-func (m *Manager) create(ctx context.Context, a agent.Account, s spec, progress io.Writer) error {
-	name := Name(a.Name)
+// create makes the user's data directories and r's container from image
+// (the environment's tag, or an older image's ID for rollback). previous
+// is the image to record for a later rollback. Everything that Docker
+// fixes at creation (mounts, init, network, labels) is final here.
+func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, image, previous string, progress io.Writer) error {
+	name := r.Name()
 	fmt.Fprintf(progress, "berth: creating your container %s from %s\n", name, s.Image)
 	data, err := m.prepareData(a)
 	if err != nil {
@@ -384,16 +511,18 @@ func (m *Manager) create(ctx context.Context, a agent.Account, s spec, progress 
 	_, err = m.docker.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name: name,
 		Config: &container.Config{
-			Image:    s.Image,
+			Image:    image,
 			Hostname: name,
 			Entrypoint: []string{agent.BinaryPath, "init",
 				"--user", a.Name, "--uid", strconv.Itoa(a.UID), "--gid", strconv.Itoa(a.GID),
 				"--sudo=" + strconv.FormatBool(a.Sudo)},
 			WorkingDir: "/",
 			Labels: map[string]string{
-				LabelUser:   a.Name,
-				LabelImage:  s.Image,
-				LabelConfig: s.hash(),
+				LabelUser:     a.Name,
+				LabelInstance: r.Instance,
+				LabelImage:    s.Image,
+				LabelConfig:   s.hash(),
+				LabelPrevious: previous,
 			},
 		},
 		HostConfig: &container.HostConfig{
@@ -409,9 +538,8 @@ func (m *Manager) create(ctx context.Context, a agent.Account, s spec, progress 
 		},
 	})
 	if cerrdefs.IsConflict(err) {
-		// Made by another berth, or by one killed mid-way: use it.
-		m.log.Info("container already exists", "container", name)
-		return nil
+		// Made meanwhile outside this berth; ensure looks at it next time.
+		return &Failure{Msg: "your container was being made by someone else at the same moment; try again", Err: err}
 	}
 	if err != nil {
 		return m.dockerFailure(ctx, "berth could not create your container", err)

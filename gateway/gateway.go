@@ -30,6 +30,7 @@ import (
 	"github.com/berth-ssh/berth/keys"
 	"github.com/berth-ssh/berth/sessions"
 	"github.com/berth-ssh/berth/tunnels"
+	"github.com/berth-ssh/berth/verbs"
 )
 
 // handshakeTimeout bounds a connection's time before it is authenticated.
@@ -39,8 +40,9 @@ const handshakeTimeout = 30 * time.Second
 // permissions returned for the key that actually signed, never those of a
 // key that was only offered, so these are the only source of identity.
 const (
-	extUser = "berth-user"
-	extKey  = "berth-key-fp"
+	extUser     = "berth-user"
+	extInstance = "berth-instance"
+	extKey      = "berth-key-fp"
 )
 
 // Authorizer decides whether key may log in as user.
@@ -53,6 +55,8 @@ type Server struct {
 	cfg        *config.Config
 	auth       Authorizer
 	containers *containers.Manager
+	verbs      *verbs.Handler
+	registry   *sessions.Registry
 	log        *slog.Logger
 	ssh        *ssh.ServerConfig
 
@@ -74,15 +78,19 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.L
 	if err != nil {
 		return nil, err
 	}
+	registry := sessions.NewRegistry()
 	s := &Server{
 		cfg:        cfg,
 		auth:       auth,
 		containers: m,
+		verbs:      verbs.New(cfg, m, registry, log),
+		registry:   registry,
 		log:        log,
 		listeners:  map[net.Listener]struct{}{},
 		conns:      map[net.Conn]struct{}{},
 	}
 	s.base, s.hangup = context.WithCancelCause(context.Background())
+	go m.StopIdle(s.base, registry)
 	s.ssh = &ssh.ServerConfig{
 		ServerVersion:     "SSH-2.0-berth",
 		PublicKeyCallback: s.authorize,
@@ -97,9 +105,9 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.L
 // answer is cached per key by x/crypto/ssh; nothing here may leave state
 // behind that a later, different key could inherit.
 func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-	name := meta.User()
 	fp := ssh.FingerprintSHA256(key)
-	if !config.ValidName(name) {
+	name, instance, ok := config.SplitLogin(meta.User())
+	if !ok {
 		s.log.Info("key refused: invalid login name", "source", meta.RemoteAddr().String(), "key", fp)
 		return nil, keys.ErrDenied
 	}
@@ -108,7 +116,7 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 		s.log.Info("key refused", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "detail", err)
 		return nil, keys.ErrDenied
 	}
-	return &ssh.Permissions{Extensions: map[string]string{extUser: name, extKey: fp}}, nil
+	return &ssh.Permissions{Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp}}, nil
 }
 
 // Serve accepts connections on l until l is closed or Shutdown is called.
@@ -167,18 +175,19 @@ func (s *Server) serveConn(nc net.Conn) {
 	defer sconn.Close()
 
 	// Identity comes only from the permissions of the key that signed.
-	name := sconn.Permissions.Extensions[extUser]
-	user, ok := s.cfg.User(name)
-	if !ok || name != sconn.User() {
-		log.Error("authenticated connection without a configured user", "user", name, "login", sconn.User())
+	ext := sconn.Permissions.Extensions
+	user, ok := s.cfg.User(ext[extUser])
+	ref := containers.Ref{User: user, Instance: ext[extInstance]}
+	if !ok || ref.Login() != sconn.User() {
+		log.Error("authenticated connection without a configured user", "user", ext[extUser], "login", sconn.User())
 		return
 	}
-	log = log.With("user", name, "container", containers.Name(name))
-	log.Info("authenticated", "key", sconn.Permissions.Extensions[extKey], "client", string(sconn.ClientVersion()))
+	log = log.With("user", ref.Login(), "container", ref.Name())
+	log.Info("authenticated", "key", ext[extKey], "client", string(sconn.ClientVersion()))
 
 	ctx, cancel := context.WithCancelCause(s.base)
 	defer cancel(errors.New("connection closed"))
-	opener := userOpener{m: s.containers, user: user}
+	opener := userOpener{m: s.containers, ref: ref}
 	forwarding := s.cfg.ForwardingFor(user)
 	remote := tunnels.NewRemote(sconn, opener, log)
 	defer remote.Close()
@@ -189,8 +198,13 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 
 	conn := sessions.Conn{
-		SSH:    sconn,
-		Opener: opener,
+		SSH:       sconn,
+		Opener:    opener,
+		Verbs:     s.verbs.For(verbs.Caller{Ref: ref, Key: ext[extKey]}),
+		Registry:  s.registry,
+		Login:     ref.Login(),
+		Container: ref.Name(),
+		Source:    nc.RemoteAddr().String(),
 		Env: []string{
 			"SSH_CONNECTION=" + sshConnection(nc),
 			"SSH_CLIENT=" + sshClient(nc),
@@ -280,19 +294,20 @@ func keepalive(ctx context.Context, conn ssh.Conn, every time.Duration, max int,
 	}
 }
 
-// userOpener opens the agent connection for one user's sessions.
+// userOpener opens the agent connection for one container's sessions.
 type userOpener struct {
-	m    *containers.Manager
-	user config.User
+	m   *containers.Manager
+	ref containers.Ref
 }
 
 func (o userOpener) Open(ctx context.Context, progress io.Writer) (*net.UnixConn, error) {
-	return o.m.Open(ctx, o.user, progress)
+	return o.m.Open(ctx, o.ref, progress)
 }
 
 // Shutdown stops accepting connections and waits for open ones to end
 // until ctx is done; then it hangs up the rest. Containers keep running.
 func (s *Server) Shutdown(ctx context.Context) error {
+	defer s.hangup(errors.New("gateway shut down"))
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {

@@ -46,12 +46,31 @@ const ExitGatewayFailure = 255
 // terminal open; sshd, too, closes the session then.
 const ptyDrain = 100 * time.Millisecond
 
+// Verbs are berth's own commands, run instead of a command that names
+// one (see package verbs).
+type Verbs interface {
+	Lookup(command string) (run func(context.Context, Stdio) int, ok bool)
+}
+
+// Stdio is a verb's standard streams. TTY says whether the client has a
+// terminal, so that the verb may ask a question.
+type Stdio struct {
+	In       io.Reader
+	Out, Err io.Writer
+	TTY      bool
+}
+
 // Conn is what a session knows of its connection.
 type Conn struct {
 	// SSH is the connection, for opening agent channels to the client.
 	SSH    ssh.Conn
 	Opener Opener
+	Verbs  Verbs
 	Log    *slog.Logger
+	// Registry learns of the session while its program runs, under
+	// Login, Container and Source.
+	Registry                  *Registry
+	Login, Container, Source string
 	// Env is set for every process on top of the container's
 	// environment: SSH_CONNECTION and such.
 	Env []string
@@ -216,6 +235,15 @@ func (s *Session) run(ctx context.Context, prog program) {
 		}
 	}()
 	begin := time.Now()
+	if s.conn.Registry != nil {
+		defer s.conn.Registry.track(Info{Login: s.conn.Login, Container: s.conn.Container, Source: s.conn.Source, Command: prog.String()})()
+	}
+	if run, ok := s.verb(prog); ok {
+		code := run(ctx, s.stdio())
+		s.log.Info("verb ended", "command", prog.String(), "status", code, "took", time.Since(begin).Round(time.Millisecond))
+		s.sendExit(agent.ExitStatus{Code: code})
+		return
+	}
 
 	conn, err := s.conn.Opener.Open(ctx, s.progress())
 	if err != nil {
@@ -245,6 +273,27 @@ func (s *Session) run(ctx context.Context, prog program) {
 	}
 	s.log.Info("session ended", "command", prog.String(), "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
 	s.sendExit(status)
+}
+
+// verb returns the berth verb a command names, if it names one.
+func (s *Session) verb(prog program) (func(context.Context, Stdio) int, bool) {
+	if s.conn.Verbs == nil || prog.command == "" {
+		return nil, false
+	}
+	return s.conn.Verbs.Lookup(prog.command)
+}
+
+// stdio gives a verb the channel as its standard streams. On a terminal,
+// whose client is in raw mode, lines end in CRLF.
+func (s *Session) stdio() Stdio {
+	s.mu.Lock()
+	tty := s.tty != nil
+	s.mu.Unlock()
+	out, errw := io.Writer(s.ch), io.Writer(s.ch.Stderr())
+	if tty {
+		out, errw = crlfWriter{out}, crlfWriter{errw}
+	}
+	return Stdio{In: s.ch, Out: out, Err: errw, TTY: tty}
 }
 
 func (s *Session) wantsAgent() bool {

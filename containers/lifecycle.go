@@ -1,0 +1,404 @@
+package containers
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/berth-ssh/berth/agent"
+)
+
+// The lifecycle of a user's container, as the verbs drive it. Each takes
+// the container's start flight, so it never races a connection that is
+// starting the same container.
+
+// ErrNoContainer is returned for a verb on a container that does not
+// exist.
+var ErrNoContainer = errors.New("no such container")
+
+// Start makes r's container run, building and creating it as needed, and
+// says what it did. keep exempts it from the idle stop until it stops.
+func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Writer) (string, error) {
+	what := "is running"
+	err := m.starts.do(ctx, m.base, r.Name(), progress, func(ctx context.Context, progress io.Writer) error {
+		w, err := m.ensure(ctx, r, progress)
+		what = w
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	m.setReady(r.Name(), true)
+	if keep {
+		if err := os.WriteFile(m.keepPath(r.Name()), nil, 0o600); err != nil {
+			return what, err
+		}
+	}
+	return what, nil
+}
+
+// Stop stops r's container, keeping everything in it; with remove it also
+// removes the container. Data under data_root stays either way.
+func (m *Manager) Stop(ctx context.Context, r Ref, remove bool) error {
+	return m.starts.do(ctx, m.base, r.Name(), io.Discard, func(ctx context.Context, _ io.Writer) error {
+		if _, err := m.inspectOwn(ctx, r); err != nil {
+			return err
+		}
+		return m.stop(ctx, r.Name(), remove)
+	})
+}
+
+func (m *Manager) stop(ctx context.Context, name string, remove bool) error {
+	m.setReady(name, false)
+	os.Remove(m.keepPath(name))
+	if _, err := m.docker.ContainerStop(ctx, name, client.ContainerStopOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
+		return m.dockerFailure(ctx, "berth could not stop your container", err)
+	}
+	if remove {
+		if _, err := m.docker.ContainerRemove(ctx, name, client.ContainerRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
+			return m.dockerFailure(ctx, "berth could not remove your container", err)
+		}
+		m.log.Info("container removed", "container", name)
+	} else {
+		m.log.Info("container stopped", "container", name)
+	}
+	return nil
+}
+
+// Restart stops and starts r's container.
+func (m *Manager) Restart(ctx context.Context, r Ref, progress io.Writer) error {
+	err := m.starts.do(ctx, m.base, r.Name(), progress, func(ctx context.Context, progress io.Writer) error {
+		if _, err := m.inspectOwn(ctx, r); err != nil {
+			return err
+		}
+		if err := m.stop(ctx, r.Name(), false); err != nil {
+			return err
+		}
+		return m.start(ctx, r.Name(), progress)
+	})
+	if err == nil {
+		m.setReady(r.Name(), true)
+	}
+	return err
+}
+
+// Rebuild builds r's environment image again, from the Dockerfile as it
+// is now (every layer, with noCache), and recreates the container on it. The image the container had is kept
+// for Rollback; the persistent home stays.
+func (m *Manager) Rebuild(ctx context.Context, r Ref, noCache bool, progress io.Writer) error {
+	env, err := m.reloadEnvironment(r)
+	if err != nil {
+		return err
+	}
+	if err := m.buildShared(ctx, env, noCache, progress); err != nil {
+		return err
+	}
+	return m.recreate(ctx, r, env.Tag(), progress)
+}
+
+// Rollback recreates r's container on the image it had before the last
+// rebuild that changed it. The persistent home stays.
+func (m *Manager) Rollback(ctx context.Context, r Ref, progress io.Writer) error {
+	c, err := m.inspectOwn(ctx, r)
+	if err != nil {
+		return err
+	}
+	prev := c.Config.Labels[LabelPrevious]
+	if prev == "" {
+		return &Failure{Msg: "there is nothing to roll back to: no rebuild has changed your image yet", Err: errors.New("no previous image")}
+	}
+	return m.recreate(ctx, r, prev, progress)
+}
+
+// recreate replaces r's container with one made from image. The image
+// the old container ran becomes the new one's previous image (tagged, so
+// that it is kept); if it is the same image, the old previous carries over.
+func (m *Manager) recreate(ctx context.Context, r Ref, image string, progress io.Writer) error {
+	name := r.Name()
+	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
+		want, err := m.docker.ImageInspect(ctx, image)
+		if err != nil {
+			return m.dockerFailure(ctx, "the image to recreate your container from is gone", err)
+		}
+		previous := ""
+		old, err := m.inspectOwn(ctx, r)
+		switch {
+		case errors.Is(err, ErrNoContainer):
+			if err := m.checkLimit(ctx, r); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case old.Image == want.ID:
+			previous = old.Config.Labels[LabelPrevious]
+		default:
+			previous = old.Image
+		}
+		if previous != "" {
+			// A tag keeps the previous image from being pruned as dangling.
+			if _, err := m.docker.ImageTag(ctx, client.ImageTagOptions{Source: previous, Target: prevTag(name)}); err != nil {
+				return m.dockerFailure(ctx, "berth could not keep your previous image", err)
+			}
+		}
+		acct, err := m.account(r.User)
+		if err != nil {
+			return &Failure{Msg: "berth could not work out your account", Err: err}
+		}
+		if old.ID != "" {
+			fmt.Fprintf(progress, "berth: replacing your container %s (your home and projects stay)\n", name)
+			if err := m.stop(ctx, name, true); err != nil {
+				return err
+			}
+		}
+		s := m.spec(r, acct)
+		if image != s.Image {
+			s.Image = want.ID // a rollback: the label says what it runs
+		}
+		if err := m.create(ctx, r, acct, s, want.ID, previous, progress); err != nil {
+			return err
+		}
+		return m.start(ctx, name, progress)
+	})
+	if err == nil {
+		m.setReady(name, true)
+	}
+	return err
+}
+
+// prevTag is the tag that keeps a container's previous image.
+func prevTag(name string) string { return "berth-env:previous-" + name }
+
+// inspectOwn inspects r's container and checks it is r's.
+func (m *Manager) inspectOwn(ctx context.Context, r Ref) (container.InspectResponse, error) {
+	res, err := m.docker.ContainerInspect(ctx, r.Name(), client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(err) {
+		return container.InspectResponse{}, fmt.Errorf("%w: %s", ErrNoContainer, r.Name())
+	}
+	if err != nil {
+		return container.InspectResponse{}, m.dockerFailure(ctx, "berth could not look up your container", err)
+	}
+	return res.Container, m.owns(res.Container, r)
+}
+
+// Prune removes r's container and every image that only it uses: one
+// that another container runs is never removed. With data it also
+// deletes the user's home, projects and vscode-server, which it refuses
+// while the user has another container. It returns what it removed.
+func (m *Manager) Prune(ctx context.Context, r Ref, data bool) ([]string, error) {
+	var removed []string
+	err := m.starts.do(ctx, m.base, r.Name(), io.Discard, func(ctx context.Context, _ io.Writer) error {
+		name := r.Name()
+		c, err := m.inspectOwn(ctx, r)
+		if err != nil && !(errors.Is(err, ErrNoContainer) && data) {
+			return err
+		}
+		if data {
+			others, err := m.list(ctx, r.User.Name)
+			if err != nil {
+				return m.dockerFailure(ctx, "berth could not list your containers", err)
+			}
+			for _, o := range others {
+				if o.ID != c.ID {
+					return &Failure{Msg: "your data is shared by your other containers; prune them first", Err: fmt.Errorf("%s has other containers", r.User.Name)}
+				}
+			}
+		}
+		images := []string{}
+		if c.ID != "" {
+			images = append(images, c.Image)
+			if err := m.stop(ctx, name, true); err != nil {
+				return err
+			}
+			removed = append(removed, "container "+name)
+		}
+		if prev, err := m.docker.ImageInspect(ctx, prevTag(name)); err == nil {
+			m.docker.ImageRemove(ctx, prevTag(name), client.ImageRemoveOptions{})
+			images = append(images, prev.ID)
+		}
+		inUse, err := m.imagesInUse(ctx)
+		if err != nil {
+			return m.dockerFailure(ctx, "berth could not list containers", err)
+		}
+		for _, id := range images {
+			if inUse[id] {
+				continue
+			}
+			if _, err := m.docker.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err == nil {
+				removed = append(removed, "image "+shortID(id))
+				m.log.Info("image removed", "image", id, "by", name)
+			} else if !cerrdefs.IsNotFound(err) {
+				m.log.Warn("image not removed", "image", id, "err", err)
+			}
+		}
+		if data {
+			dir := filepath.Join(m.cfg.DataRoot, r.User.Name)
+			if err := os.RemoveAll(dir); err != nil {
+				return &Failure{Msg: "berth could not delete all of your data", Err: err}
+			}
+			removed = append(removed, "data "+dir)
+			m.log.Warn("user data deleted on request", "user", r.User.Name, "dir", dir)
+		}
+		return nil
+	})
+	return removed, err
+}
+
+// imagesInUse is the set of image IDs that any container uses.
+func (m *Manager) imagesInUse(ctx context.Context) (map[string]bool, error) {
+	res, err := m.docker.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, c := range res.Items {
+		used[c.ImageID] = true
+	}
+	return used, nil
+}
+
+func shortID(id string) string {
+	if len(id) > 19 {
+		return id[:19]
+	}
+	return id
+}
+
+// Status describes one container for `status`.
+type Status struct {
+	Name     string    `json:"name"`
+	Login    string    `json:"login"`
+	State    string    `json:"state"` // running, exited, created, or absent
+	Image    string    `json:"image"`
+	ImageID  string    `json:"image_id,omitempty"`
+	Built    time.Time `json:"image_built,omitzero"`
+	Created  time.Time `json:"created,omitzero"`
+	Started  time.Time `json:"started,omitzero"`
+	Previous string    `json:"previous_image,omitempty"`
+	Keep     bool      `json:"keep_running"`
+	GPUs     []string  `json:"gpus"`
+	Mounts   []Mount   `json:"mounts"`
+	// DiskUsed is the bytes under the user's data_root directory.
+	DiskUsed int64 `json:"disk_used_bytes"`
+}
+
+// Mount is one of a container's mounts.
+type Mount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// Status reports on r's container; a missing one is "absent".
+func (m *Manager) Status(ctx context.Context, r Ref) (Status, error) {
+	st := Status{Name: r.Name(), Login: r.Login(), State: "absent", Image: m.environment(r).Tag(), GPUs: []string{}, Mounts: []Mount{}}
+	st.DiskUsed = diskUsed(ctx, filepath.Join(m.cfg.DataRoot, r.User.Name))
+	c, err := m.inspectOwn(ctx, r)
+	if errors.Is(err, ErrNoContainer) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	st.State = string(c.State.Status)
+	st.Image = c.Config.Labels[LabelImage]
+	st.ImageID = c.Image
+	st.Previous = c.Config.Labels[LabelPrevious]
+	st.Created, _ = time.Parse(time.RFC3339Nano, c.Created)
+	if c.State.Running {
+		st.Started, _ = time.Parse(time.RFC3339Nano, c.State.StartedAt)
+	}
+	if img, err := m.docker.ImageInspect(ctx, c.Image); err == nil {
+		st.Built, _ = time.Parse(time.RFC3339Nano, img.Created)
+	}
+	_, err = os.Stat(m.keepPath(r.Name()))
+	st.Keep = err == nil
+	for _, mt := range c.Mounts {
+		if mt.Destination == agent.BinaryPath || mt.Destination == agent.RunDir {
+			continue // berth's own
+		}
+		st.Mounts = append(st.Mounts, Mount{Source: mt.Source, Target: mt.Destination, ReadOnly: !mt.RW})
+	}
+	return st, nil
+}
+
+// StatusAll reports on every container of user's.
+func (m *Manager) StatusAll(ctx context.Context, u Ref) ([]Status, error) {
+	list, err := m.list(ctx, u.User.Name)
+	if err != nil {
+		return nil, m.dockerFailure(ctx, "berth could not list your containers", err)
+	}
+	refs := []Ref{{User: u.User}}
+	for _, c := range list {
+		if inst := c.Labels[LabelInstance]; inst != "" {
+			refs = append(refs, Ref{User: u.User, Instance: inst})
+		}
+	}
+	slices.SortFunc(refs[1:], func(a, b Ref) int { return cmp.Compare(a.Instance, b.Instance) })
+	var out []Status
+	for _, r := range refs {
+		st, err := m.Status(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// diskUsed adds up the space used under dir, giving up after a few
+// seconds on a huge tree (the figure is then a lower bound).
+func diskUsed(ctx context.Context, dir string) int64 {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var total int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fs.SkipAll
+		}
+		if info, err := d.Info(); err == nil {
+			total += info.Size()
+		}
+		return nil
+	})
+	return total
+}
+
+// Logs writes the provisioning log and then the container's log to w;
+// with follow it goes on until ctx ends.
+func (m *Manager) Logs(ctx context.Context, r Ref, follow bool, w io.Writer) error {
+	if _, err := m.inspectOwn(ctx, r); err != nil {
+		return err
+	}
+	if b, err := os.ReadFile(filepath.Join(m.runDir(r.Name()), agent.ProvisionLog)); err == nil {
+		fmt.Fprintf(w, "== provisioning log ==\n%s", b)
+	}
+	fmt.Fprintf(w, "== container log ==\n")
+	logs, err := m.docker.ContainerLogs(ctx, r.Name(), client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow})
+	if err != nil {
+		return m.dockerFailure(ctx, "berth could not read your container's log", err)
+	}
+	defer logs.Close()
+	context.AfterFunc(ctx, func() { logs.Close() })
+	_, err = stdcopy.StdCopy(w, w, logs)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (m *Manager) keepPath(name string) string { return filepath.Join(m.runDir(name), "keep") }
