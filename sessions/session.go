@@ -69,7 +69,7 @@ type Conn struct {
 	Log    *slog.Logger
 	// Registry learns of the session while its program runs, under
 	// Login, Container and Source.
-	Registry                  *Registry
+	Registry                 *Registry
 	Login, Container, Source string
 	// Env is set for every process on top of the container's
 	// environment: SSH_CONNECTION and such.
