@@ -10,6 +10,7 @@ import (
 
 	"github.com/moby/moby/client"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 )
 
 // offeredSigner offers one user's public key but signs with another's
@@ -134,5 +135,60 @@ func TestHostKeysAreStableAcrossRestarts(t *testing.T) {
 	}
 	if a, b := hostKey(), hostKey(); a != b || a == "" {
 		t.Fatalf("host key changed across restarts: %s then %s", a, b)
+	}
+}
+
+func TestForcedCommandWinsOverVerbsAndRequests(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	alice.pub = `command="echo forced:${SSH_ORIGINAL_COMMAND-none}" ` + alice.pub
+	g := startGateway(t, options{}, alice)
+	for remote, want := range map[string]string{"status": "forced:status", "id -un": "forced:id -un", "": "forced:none"} {
+		var r result
+		if remote == "" {
+			r = run(t, g.ssh(alice, []string{"-T"}), "")
+		} else {
+			r = run(t, g.ssh(alice, nil, remote), "")
+		}
+		if r.code != 0 || !strings.HasSuffix(r.stdout, want+"\n") {
+			t.Errorf("ssh %q: exit %d, stdout %q, stderr %q; want %q", remote, r.code, r.stdout, r.stderr, want)
+		}
+	}
+}
+
+func TestRestrictedKeyGetsNoTerminalAndNoForwarding(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	alice.pub = "restrict " + alice.pub
+	g := startGateway(t, options{}, alice)
+	// An explicit -tt fails when the terminal is refused, as with sshd.
+	r := run(t, g.ssh(alice, []string{"-tt"}, "tty"), "")
+	if r.code == 0 || !strings.Contains(r.stderr, "PTY allocation request failed") {
+		t.Fatalf("restrict and -tt: exit %d, stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	c := g.dial(alice)
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.RequestAgentForwarding(s); err == nil {
+		t.Fatal("restrict allowed agent forwarding")
+	}
+	s.Close()
+	if _, err := c.Dial("tcp", "127.0.0.1:22"); err == nil || !strings.Contains(err.Error(), "prohibited") {
+		t.Fatalf("restrict allowed -L: %v", err)
+	}
+}
+
+func TestAKeyWithAnOptionBerthCannotEnforceIsRefused(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	alice.pub = `from="10.9.9.9" ` + alice.pub
+	g := startGateway(t, options{}, alice)
+	if r := run(t, g.ssh(alice, nil, "true"), ""); r.code != 255 || !strings.Contains(r.stderr, "Permission denied") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if g.logs.count("key refused: its options", "not supported") == 0 {
+		t.Fatalf("no log line:\n%s", g.logs)
 	}
 }

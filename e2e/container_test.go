@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -318,5 +319,23 @@ func TestAContainerAnotherBerthMadeIsNotUsed(t *testing.T) {
 	r := run(t, other.ssh(alice, nil, "true"), "")
 	if r.code != 255 || !strings.Contains(r.stderr, "exists that another berth installation made") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestBuildProgressOnATerminalIsOneStatusLine(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	g := startGateway(t, options{buildArgs: map[string]string{"NONCE": nonce()}}, alice)
+	r := run(t, g.ssh(alice, []string{"-tt"}, "echo ready"), "")
+	if r.code != 0 || !strings.Contains(r.stdout, "ready") {
+		t.Fatalf("exit %d, stdout %q", r.code, r.stdout)
+	}
+	// Build output rewrites one line in place; berth's steps stay, with
+	// how long they took.
+	if !strings.Contains(r.stderr, "\r\x1b[K  Step 1/") || strings.Contains(r.stderr, "\nStep 1/") {
+		t.Fatalf("build output is not a status line:\n%q", r.stderr)
+	}
+	if !regexp.MustCompile(`\r\x1b\[Kberth: built berth-env:\w+ in [\d.]+m?s\r\n`).MatchString(r.stderr) {
+		t.Fatalf("no step line with its duration:\n%q", r.stderr)
 	}
 }

@@ -45,6 +45,9 @@ const (
 	extKey      = "berth-key-fp"
 )
 
+// optionsKey keys the signing key's keys.Options in Permissions.ExtraData.
+type optionsKey struct{}
+
 // Authorizer decides whether key may log in as user.
 type Authorizer interface {
 	Authorize(user string, key ssh.PublicKey) (keys.Entry, error)
@@ -111,12 +114,21 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 		s.log.Info("key refused: invalid login name", "source", meta.RemoteAddr().String(), "key", fp)
 		return nil, keys.ErrDenied
 	}
-	if _, err := s.auth.Authorize(name, key); err != nil {
+	entry, err := s.auth.Authorize(name, key)
+	if err != nil {
 		// Unknown user and wrong key look the same to the client.
 		s.log.Info("key refused", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "detail", err)
 		return nil, keys.ErrDenied
 	}
-	return &ssh.Permissions{Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp}}, nil
+	opts, err := keys.ParseOptions(entry.Options)
+	if err != nil {
+		s.log.Warn("key refused: its options", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
+		return nil, keys.ErrDenied
+	}
+	return &ssh.Permissions{
+		Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp},
+		ExtraData:  map[any]any{optionsKey{}: opts},
+	}, nil
 }
 
 // Serve accepts connections on l until l is closed or Shutdown is called.
@@ -182,13 +194,14 @@ func (s *Server) serveConn(nc net.Conn) {
 		log.Error("authenticated connection without a configured user", "user", ext[extUser], "login", sconn.User())
 		return
 	}
+	opts, _ := sconn.Permissions.ExtraData[optionsKey{}].(keys.Options)
 	log = log.With("user", ref.Login(), "container", ref.Name())
 	log.Info("authenticated", "key", ext[extKey], "client", string(sconn.ClientVersion()))
 
 	ctx, cancel := context.WithCancelCause(s.base)
 	defer cancel(errors.New("connection closed"))
 	opener := userOpener{m: s.containers, ref: ref}
-	forwarding := s.cfg.ForwardingFor(user)
+	forwarding := s.cfg.ForwardingFor(user) && !opts.NoForwards
 	remote := tunnels.NewRemote(sconn, opener, log)
 	defer remote.Close()
 	var done sync.WaitGroup // everything this connection started
@@ -209,7 +222,9 @@ func (s *Server) serveConn(nc net.Conn) {
 			"SSH_CONNECTION=" + sshConnection(nc),
 			"SSH_CLIENT=" + sshClient(nc),
 		},
-		AgentForwarding: forwarding,
+		AgentForwarding: s.cfg.ForwardingFor(user) && !opts.NoAgent,
+		NoPTY:           opts.NoPTY,
+		ForceCommand:    opts.Command,
 	}
 	n := 0
 	for nch := range chans {

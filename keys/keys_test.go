@@ -82,3 +82,31 @@ func TestReadFileReportsBadLinesAndKeepsGoodOnes(t *testing.T) {
 		t.Fatalf("entries %d, err %v", len(entries), err)
 	}
 }
+
+func TestParseOptions(t *testing.T) {
+	for _, tc := range []struct {
+		opts []string
+		want Options
+		err  string
+	}{
+		{nil, Options{}, ""},
+		{[]string{"restrict"}, Options{NoPTY: true, NoForwards: true, NoAgent: true}, ""},
+		{[]string{"restrict", "pty"}, Options{NoForwards: true, NoAgent: true}, ""},
+		{[]string{"no-pty", "no-agent-forwarding"}, Options{NoPTY: true, NoAgent: true}, ""},
+		{[]string{`command="echo \"hi\"; id"`}, Options{Command: `echo "hi"; id`}, ""},
+		{[]string{"command=echo"}, Options{}, "command="},
+		{[]string{`from="10.0.0.0/8"`}, Options{}, "not supported"},
+		{[]string{`permitopen="localhost:80"`}, Options{}, "not supported"},
+	} {
+		got, err := ParseOptions(tc.opts)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: err %v, want %q", tc.opts, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: got %+v, %v; want %+v", tc.opts, got, err, tc.want)
+		}
+	}
+}

@@ -76,6 +76,11 @@ type Conn struct {
 	Env []string
 	// AgentForwarding allows ssh -A.
 	AgentForwarding bool
+	// NoPTY refuses terminals (the key's no-pty).
+	NoPTY bool
+	// ForceCommand runs instead of whatever the client asks for, verbs
+	// and subsystems included, as OpenSSH's command= option does.
+	ForceCommand string
 }
 
 // Session is one SSH "session" channel.
@@ -103,6 +108,10 @@ func New(ch ssh.Channel, c Conn) *Session {
 type program struct {
 	command string
 	helper  []string
+	// forced is set when command is the key's forced command; original
+	// is then what the client asked for.
+	forced   bool
+	original string
 }
 
 func (p program) String() string {
@@ -160,10 +169,19 @@ func (s *Session) program(req *ssh.Request) (program, bool) {
 		prog.command = p.Command
 	case "subsystem":
 		var p struct{ Name string }
-		if ssh.Unmarshal(req.Payload, &p) != nil || p.Name != "sftp" {
+		if ssh.Unmarshal(req.Payload, &p) != nil {
 			return program{}, false
 		}
-		prog.helper = []string{"sftp"}
+		if s.conn.ForceCommand != "" {
+			prog.command = p.Name // OpenSSH's SSH_ORIGINAL_COMMAND for a subsystem
+		} else if p.Name == "sftp" {
+			prog.helper = []string{"sftp"}
+		} else {
+			return program{}, false
+		}
+	}
+	if s.conn.ForceCommand != "" {
+		prog = program{command: s.conn.ForceCommand, forced: true, original: prog.command}
 	}
 	s.started = true
 	return prog, true
@@ -175,7 +193,7 @@ func (s *Session) handle(req *ssh.Request) bool {
 	defer s.mu.Unlock()
 	switch req.Type {
 	case "pty-req":
-		if s.started || s.tty != nil {
+		if s.started || s.tty != nil || s.conn.NoPTY {
 			return false
 		}
 		t, ok := parsePtyRequest(req.Payload)
@@ -245,7 +263,9 @@ func (s *Session) run(ctx context.Context, prog program) {
 		return
 	}
 
-	conn, err := s.conn.Opener.Open(ctx, s.progress())
+	progress, done := s.waitProgress()
+	conn, err := s.conn.Opener.Open(ctx, progress)
+	done()
 	if err != nil {
 		s.fail(ctx, "prepare container", err)
 		return
@@ -277,7 +297,7 @@ func (s *Session) run(ctx context.Context, prog program) {
 
 // verb returns the berth verb a command names, if it names one.
 func (s *Session) verb(prog program) (func(context.Context, Stdio) int, bool) {
-	if s.conn.Verbs == nil || prog.command == "" {
+	if s.conn.Verbs == nil || prog.command == "" || prog.forced {
 		return nil, false
 	}
 	return s.conn.Verbs.Lookup(prog.command)
@@ -307,6 +327,9 @@ func (s *Session) spec(prog program) agent.Spawn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sp := agent.Spawn{Command: prog.command, Helper: prog.helper, Env: append([]string(nil), s.env...)}
+	if prog.forced && prog.original != "" {
+		sp.Env = append(sp.Env, "SSH_ORIGINAL_COMMAND="+prog.original)
+	}
 	if s.tty != nil && len(prog.helper) == 0 {
 		t := *s.tty
 		sp.TTY = &t
@@ -463,6 +486,19 @@ func (s *Session) progress() io.Writer {
 		return crlfWriter{s.ch.Stderr()}
 	}
 	return s.ch.Stderr()
+}
+
+// waitProgress is progress while the user waits for a build, a clone or
+// a start: on a terminal, one status line plus berth's own step lines;
+// otherwise plain lines. Call done before the program starts.
+func (s *Session) waitProgress() (w io.Writer, done func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tty == nil {
+		return s.ch.Stderr(), func() {}
+	}
+	p := &statusLine{w: s.ch.Stderr(), cols: int(s.tty.Cols)}
+	return p, p.Done
 }
 
 type crlfWriter struct{ w io.Writer }
