@@ -28,6 +28,7 @@ import (
 
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
+	"github.com/berth-ssh/berth/environment"
 	"github.com/berth-ssh/berth/gateway"
 	"github.com/berth-ssh/berth/keys"
 )
@@ -87,7 +88,22 @@ func setup(m *testing.M) int {
 	if out, err := build.CombinedOutput(); err != nil {
 		return fail("build berth-agent: %v\n%s", err, out)
 	}
-	return m.Run()
+	code := m.Run()
+	removeTestImages()
+	return code
+}
+
+// testImages are the image tags made for one test's own environment
+// (a Dockerfile or build arg of its own), removed when the run ends.
+var testImages sync.Map
+
+func removeTestImages() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	testImages.Range(func(tag, _ any) bool {
+		docker.ImageRemove(ctx, tag.(string), client.ImageRemoveOptions{Force: true, PruneChildren: true})
+		return true
+	})
 }
 
 // user is a test user with a key pair on disk.
@@ -166,6 +182,7 @@ type options struct {
 func startGateway(t *testing.T, o options, users ...user) *gw {
 	t.Helper()
 	cfg, _ := gatewayConfig(t, o, users...)
+	recordTestImages(cfg, users)
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	m, err := containers.New(cfg, log)
@@ -192,6 +209,30 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 	})
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	return &gw{t: t, addr: l.Addr().String(), port: port, cfg: cfg, logs: logs, srv: srv}
+}
+
+// recordTestImages notes the images a test's own environments make, and
+// the tags rollback keeps for its users' containers. The shared slim
+// environment and the default one are kept for the next run.
+func recordTestImages(cfg *config.Config, users []user) {
+	shared := map[string]bool{}
+	for _, dockerfile := range []string{filepath.Join(root, "testdata/env/Dockerfile"), ""} {
+		if env, err := environment.Load(dockerfile, map[string]string{"BASE_IMAGE": baseImage}); err == nil {
+			shared[env.Tag()] = true
+		}
+	}
+	envs := []config.Environment{cfg.Environment}
+	for _, e := range cfg.Environments {
+		envs = append(envs, e)
+	}
+	for _, e := range envs {
+		if env, err := environment.Load(e.Dockerfile, e.BuildArgs); err == nil && !shared[env.Tag()] {
+			testImages.Store(env.Tag(), true)
+		}
+	}
+	for _, u := range users {
+		testImages.Store("berth-env:previous-"+containers.Name(u.name), true)
+	}
 }
 
 // gatewayConfig writes and loads the config a test gateway runs with, and
