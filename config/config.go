@@ -56,6 +56,16 @@ type Config struct {
 	// Sudo gives users passwordless sudo inside their container, as the
 	// seed's image did. Default true; a user's own setting wins.
 	Sudo *bool `yaml:"sudo"`
+	// GPUs is how many GPUs each container gets: "all", "none" or a
+	// number. Default "all", as the seed's --gpus all. Per user too.
+	GPUs string `yaml:"gpus"`
+	// GPUMode is "shared" (any container may use any of its GPUs) or
+	// "exclusive" (each GPU leased to one running container). Default
+	// "shared".
+	GPUMode string `yaml:"gpu_mode"`
+	// GPUFallback "cpu" starts a container without GPUs, with a warning,
+	// when too few are free; empty refuses it. Per user too.
+	GPUFallback string `yaml:"gpu_fallback"`
 	// Forwarding allows port, socket and agent forwarding (ssh -L, -R, -D,
 	// -A), always dialled inside the user's own container. IDEs such as
 	// VS Code need it. Default true; a user's own setting wins.
@@ -108,6 +118,9 @@ type User struct {
 	Sudo *bool `yaml:"sudo"`
 	// Forwarding overrides the global forwarding setting for this user.
 	Forwarding *bool `yaml:"forwarding"`
+	// GPUs and GPUFallback override the global settings.
+	GPUs        string `yaml:"gpus"`
+	GPUFallback string `yaml:"gpu_fallback"`
 	// MaxContainers and IdleStopAfter override the global settings.
 	MaxContainers int       `yaml:"max_containers"`
 	IdleStopAfter *Duration `yaml:"idle_stop_after"`
@@ -280,6 +293,12 @@ func (c *Config) setDefaults() {
 	if c.MaxContainers == 0 {
 		c.MaxContainers = 3
 	}
+	if c.GPUs == "" {
+		c.GPUs = "all"
+	}
+	if c.GPUMode == "" {
+		c.GPUMode = "shared"
+	}
 	for name, env := range c.Environments {
 		if env.Dockerfile != "" {
 			env.Dockerfile = c.Path(env.Dockerfile)
@@ -347,6 +366,15 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("environments.%s: not a valid container name (want [a-z0-9][a-z0-9-]{0,15})", name)
 		}
 	}
+	if _, err := gpuCount(c.GPUs); err != nil {
+		return fmt.Errorf("gpus: %w", err)
+	}
+	if c.GPUMode != "shared" && c.GPUMode != "exclusive" {
+		return fmt.Errorf("gpu_mode: %q is neither shared nor exclusive", c.GPUMode)
+	}
+	if c.GPUFallback != "" && c.GPUFallback != "cpu" {
+		return fmt.Errorf("gpu_fallback: %q is not cpu", c.GPUFallback)
+	}
 	if c.MaxContainers < 1 {
 		return fmt.Errorf("max_containers: %d must be at least 1", c.MaxContainers)
 	}
@@ -383,6 +411,12 @@ func (c *Config) Validate() error {
 		if u.GID != nil && u.UID == nil {
 			return fmt.Errorf("%s.gid: set uid too, or neither", key)
 		}
+		if _, err := gpuCount(u.GPUs); u.GPUs != "" && err != nil {
+			return fmt.Errorf("%s.gpus: %w", key, err)
+		}
+		if u.GPUFallback != "" && u.GPUFallback != "cpu" {
+			return fmt.Errorf("%s.gpu_fallback: %q is not cpu", key, u.GPUFallback)
+		}
 		if u.MaxContainers < 0 {
 			return fmt.Errorf("%s.max_containers: %d must be at least 1", key, u.MaxContainers)
 		}
@@ -414,6 +448,36 @@ func (c *Config) ForwardingFor(u User) bool {
 		return *u.Forwarding
 	}
 	return *c.Forwarding
+}
+
+// GPUPolicy is u's share of GPUs: a count (-1 for all, 0 for none), the
+// mode, and whether to fall back to CPU.
+func (c *Config) GPUPolicy(u User) (count int, exclusive, fallbackCPU bool) {
+	spec := c.GPUs
+	if u.GPUs != "" {
+		spec = u.GPUs
+	}
+	count, _ = gpuCount(spec)
+	fallback := c.GPUFallback
+	if u.GPUFallback != "" {
+		fallback = u.GPUFallback
+	}
+	return count, c.GPUMode == "exclusive", fallback == "cpu"
+}
+
+// gpuCount reads "all", "none" or a number of GPUs.
+func gpuCount(spec string) (int, error) {
+	switch spec {
+	case "all":
+		return -1, nil
+	case "none":
+		return 0, nil
+	}
+	n, err := strconv.Atoi(spec)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not all, none or a number of GPUs", spec)
+	}
+	return n, nil
 }
 
 // MaxContainersFor is u's container limit.

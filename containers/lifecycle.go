@@ -128,53 +128,65 @@ func (m *Manager) Rollback(ctx context.Context, r Ref, progress io.Writer) error
 func (m *Manager) recreate(ctx context.Context, r Ref, image string, progress io.Writer) error {
 	name := r.Name()
 	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
-		want, err := m.docker.ImageInspect(ctx, image)
-		if err != nil {
-			return m.dockerFailure(ctx, "the image to recreate your container from is gone", err)
-		}
-		previous := ""
-		old, err := m.inspectOwn(ctx, r)
-		switch {
-		case errors.Is(err, ErrNoContainer):
-			if err := m.checkLimit(ctx, r); err != nil {
-				return err
-			}
-		case err != nil:
-			return err
-		case old.Image == want.ID:
-			previous = old.Config.Labels[LabelPrevious]
-		default:
-			previous = old.Image
-		}
-		if previous != "" {
-			// A tag keeps the previous image from being pruned as dangling.
-			if _, err := m.docker.ImageTag(ctx, client.ImageTagOptions{Source: previous, Target: prevTag(name)}); err != nil {
-				return m.dockerFailure(ctx, "berth could not keep your previous image", err)
-			}
-		}
-		acct, err := m.account(r.User)
-		if err != nil {
-			return &Failure{Msg: "berth could not work out your account", Err: err}
-		}
-		if old.ID != "" {
-			fmt.Fprintf(progress, "berth: replacing your container %s (your home and projects stay)\n", name)
-			if err := m.stop(ctx, name, true); err != nil {
-				return err
-			}
-		}
-		s := m.spec(r, acct)
-		if image != s.Image {
-			s.Image = want.ID // a rollback: the label says what it runs
-		}
-		if err := m.create(ctx, r, acct, s, want.ID, previous, progress); err != nil {
-			return err
-		}
-		return m.start(ctx, name, progress)
+		m.gpuMu.Lock()
+		defer m.gpuMu.Unlock()
+		return m.recreateLocked(ctx, r, image, progress)
 	})
 	if err == nil {
 		m.setReady(name, true)
 	}
 	return err
+}
+
+// recreateLocked is recreate for a caller in r's start flight, holding
+// gpuMu.
+func (m *Manager) recreateLocked(ctx context.Context, r Ref, image string, progress io.Writer) error {
+	name := r.Name()
+	want, err := m.docker.ImageInspect(ctx, image)
+	if err != nil {
+		return m.dockerFailure(ctx, "the image to recreate your container from is gone", err)
+	}
+	previous := ""
+	var prevGPUs []string
+	old, err := m.inspectOwn(ctx, r)
+	switch {
+	case errors.Is(err, ErrNoContainer):
+		if err := m.checkLimit(ctx, r); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	case old.Image == want.ID:
+		previous = old.Config.Labels[LabelPrevious]
+		prevGPUs = splitIDs(old.Config.Labels[LabelGPUs])
+	default:
+		previous = old.Image
+		prevGPUs = splitIDs(old.Config.Labels[LabelGPUs])
+	}
+	if previous != "" {
+		// A tag keeps the previous image from being pruned as dangling.
+		if _, err := m.docker.ImageTag(ctx, client.ImageTagOptions{Source: previous, Target: prevTag(name)}); err != nil {
+			return m.dockerFailure(ctx, "berth could not keep your previous image", err)
+		}
+	}
+	acct, err := m.account(r.User)
+	if err != nil {
+		return &Failure{Msg: "berth could not work out your account", Err: err}
+	}
+	if old.ID != "" {
+		fmt.Fprintf(progress, "berth: replacing your container %s (your home and projects stay)\n", name)
+		if err := m.stop(ctx, name, true); err != nil {
+			return err
+		}
+	}
+	s := m.spec(r, acct)
+	if image != s.Image {
+		s.Image = want.ID // a rollback: the label says what it runs
+	}
+	if err := m.create(ctx, r, acct, s, want.ID, previous, prevGPUs, progress); err != nil {
+		return err
+	}
+	return m.start(ctx, name, progress)
 }
 
 // prevTag is the tag that keeps a container's previous image.
@@ -315,6 +327,9 @@ func (m *Manager) Status(ctx context.Context, r Ref) (Status, error) {
 	st.Image = c.Config.Labels[LabelImage]
 	st.ImageID = c.Image
 	st.Previous = c.Config.Labels[LabelPrevious]
+	if ids := splitIDs(c.Config.Labels[LabelGPUs]); len(ids) > 0 {
+		st.GPUs = ids
+	}
 	st.Created, _ = time.Parse(time.RFC3339Nano, c.Created)
 	if c.State.Running {
 		st.Started, _ = time.Parse(time.RFC3339Nano, c.State.StartedAt)

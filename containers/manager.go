@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +37,7 @@ import (
 	"github.com/berth-ssh/berth/agent"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/environment"
+	"github.com/berth-ssh/berth/gpus"
 )
 
 // Labels berth puts on what it creates.
@@ -62,6 +64,7 @@ type Manager struct {
 	cfg    *config.Config
 	env    *environment.Environment            // the default
 	envs   map[string]*environment.Environment // named, for alice+NAME
+	gpus   *gpus.Inventory
 	log    *slog.Logger
 	// base outlives sessions: builds and starts shared by several
 	// sessions run on it. It ends when the Manager is closed.
@@ -72,14 +75,18 @@ type Manager struct {
 	builds   flights // by image tag
 	starts   flights // by container name
 
+	// gpuMu makes choosing GPUs and starting the container that leases
+	// them one step, so two containers never take the same GPU.
+	gpuMu sync.Mutex
 	mu    sync.Mutex      // guards ready, env and envs
 	ready map[string]bool // containers whose agent answered before
 }
 
 // New checks the environment and the agent binary, and connects to Docker.
 // It does not need Docker to be up: a Docker engine that is down is
-// reported to each connecting user until it comes back.
-func New(cfg *config.Config, log *slog.Logger) (*Manager, error) {
+// reported to each connecting user until it comes back. inv is the host's
+// GPUs (one with no driver gives CPU-only containers).
+func New(cfg *config.Config, inv *gpus.Inventory, log *slog.Logger) (*Manager, error) {
 	env, err := environment.Load(cfg.Environment.Dockerfile, cfg.Environment.BuildArgs)
 	if err != nil {
 		return nil, err
@@ -103,6 +110,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Manager, error) {
 		cfg:      cfg,
 		env:      env,
 		envs:     envs,
+		gpus:     inv,
 		log:      log,
 		accounts: accounts{path: filepath.Join(cfg.StateDir, "uids.json")},
 		ready:    map[string]bool{},
@@ -245,7 +253,9 @@ func (m *Manager) ensure(ctx context.Context, r Ref, progress io.Writer) (string
 		if err := m.ensureImage(ctx, m.environment(r), progress); err != nil {
 			return "", err
 		}
-		if err := m.create(ctx, r, acct, want, want.Image, "", progress); err != nil {
+		m.gpuMu.Lock()
+		defer m.gpuMu.Unlock()
+		if err := m.create(ctx, r, acct, want, want.Image, "", nil, progress); err != nil {
 			return "", err
 		}
 		return wasCreated, m.start(ctx, name, progress)
@@ -263,6 +273,18 @@ func (m *Manager) ensure(ctx context.Context, r Ref, progress io.Writer) (string
 	}
 	if c.State != nil && c.State.Running {
 		return wasRunning, m.waitAgent(ctx, name, progress, false)
+	}
+	m.gpuMu.Lock()
+	defer m.gpuMu.Unlock()
+	taken, err := m.gpusTaken(ctx, r, c)
+	if err != nil {
+		return "", err
+	}
+	if taken {
+		// Docker fixes a container's GPUs at creation: another set means
+		// another container.
+		fmt.Fprintf(progress, "berth: your GPUs were taken while your container was stopped; it is recreated on free ones. Your home and projects are kept; system packages installed outside them are not.\n")
+		return wasCreated, m.recreateLocked(ctx, r, c.Image, progress)
 	}
 	return wasStarted, m.start(ctx, name, progress)
 }
@@ -337,6 +359,9 @@ func (m *Manager) start(ctx context.Context, name string, progress io.Writer) er
 	// agent's.
 	os.Remove(m.socketPath(name))
 	if _, err := m.docker.ContainerStart(ctx, name, client.ContainerStartOptions{}); err != nil {
+		if noNVIDIARuntime(err) {
+			return &Failure{Msg: "your container is to get GPUs, but this Docker engine has no NVIDIA runtime; an admin must install the NVIDIA Container Toolkit", Err: err}
+		}
 		return m.dockerFailure(ctx, "your container failed to start", err)
 	}
 	if err := m.waitAgent(ctx, name, progress, true); err != nil {
@@ -488,11 +513,17 @@ func (s spec) hash() string {
 
 // create makes the user's data directories and r's container from image
 // (the environment's tag, or an older image's ID for rollback). previous
-// is the image to record for a later rollback. Everything that Docker
-// fixes at creation (mounts, init, network, labels) is final here.
-func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, image, previous string, progress io.Writer) error {
+// is the image to record for a later rollback, and prevGPUs the GPUs to
+// prefer. Everything that Docker fixes at creation (mounts, init, network,
+// labels, GPUs) is final here. The caller holds gpuMu.
+func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, image, previous string, prevGPUs []string, progress io.Writer) error {
 	name := r.Name()
-	fmt.Fprintf(progress, "berth: creating your container %s from %s\n", name, s.Image)
+	gpuIDs, err := m.allocateGPUs(ctx, r, prevGPUs, progress)
+	if err != nil {
+		return err
+	}
+	gpuEnv, devices := m.gpuRequest(gpuIDs)
+	fmt.Fprintf(progress, "berth: creating your container %s from %s with %s\n", name, s.Image, gpuWords(gpuIDs))
 	data, err := m.prepareData(a)
 	if err != nil {
 		return &Failure{Msg: "berth could not prepare your data directories", Err: err}
@@ -517,7 +548,9 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 				"--user", a.Name, "--uid", strconv.Itoa(a.UID), "--gid", strconv.Itoa(a.GID),
 				"--sudo=" + strconv.FormatBool(a.Sudo)},
 			WorkingDir: "/",
+			Env:        gpuEnv,
 			Labels: map[string]string{
+				LabelGPUs:     strings.Join(gpuIDs, ","),
 				LabelUser:     a.Name,
 				LabelInstance: r.Instance,
 				LabelImage:    s.Image,
@@ -528,6 +561,7 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 		HostConfig: &container.HostConfig{
 			Init:        &init,
 			NetworkMode: container.NetworkMode(NetworkName),
+			Resources:   container.Resources{DeviceRequests: devices},
 			Mounts: []mount.Mount{
 				bind(data.home, home, false),
 				bind(data.projects, home+"/projects", false),
@@ -591,6 +625,16 @@ func (m *Manager) dockerFailure(ctx context.Context, msg string, err error) erro
 		return &Failure{Msg: DockerDown, Err: errors.Join(err, perr)}
 	}
 	return &Failure{Msg: msg, Err: err}
+}
+
+func gpuWords(ids []string) string {
+	switch len(ids) {
+	case 0:
+		return "no GPU"
+	case 1:
+		return "1 GPU"
+	}
+	return fmt.Sprintf("%d GPUs", len(ids))
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(100 * time.Millisecond) }

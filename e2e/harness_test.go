@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/moby/moby/client"
 	"golang.org/x/crypto/ssh"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/environment"
 	"github.com/berth-ssh/berth/gateway"
+	"github.com/berth-ssh/berth/gpus"
 	"github.com/berth-ssh/berth/keys"
 )
 
@@ -175,6 +177,8 @@ type options struct {
 	stateDir, dataRoot string
 	// listen is the config's listen address; startGateway ignores it.
 	listen string
+	// nvml replaces the real NVML (which finds no GPU here) with a mock.
+	nvml nvml.Interface
 }
 
 // startGateway runs a gateway for users on 127.0.0.1:0, with the slim test
@@ -185,7 +189,12 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 	recordTestImages(cfg, users)
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m, err := containers.New(cfg, log)
+	lib := o.nvml
+	if lib == nil {
+		lib = nvml.New()
+	}
+	inv := gpus.Open(lib, log)
+	m, err := containers.New(cfg, inv, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +212,7 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 		defer cancel()
 		srv.Shutdown(ctx)
 		m.Close()
+		inv.Close()
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", logs)
 		}

@@ -49,6 +49,7 @@ func table() []verb {
 		{"rebuild", "rebuild [--no-cache]", "rebuild the image and recreate your container on it; the previous image is kept", (*call).rebuild},
 		{"rollback", "rollback", "recreate your container on the image it had before the last rebuild", (*call).rollback},
 		{"prune", "prune [--data [--yes]]", "remove your container and images only it uses (--data: delete your files too)", (*call).prune},
+		{"gpus", "gpus [--json]", "every GPU: memory, utilization, who holds it, its processes", (*call).gpus},
 		{"logs", "logs [-f]", "your container's provisioning log and log (-f: follow)", (*call).logs},
 		{"admin", "admin users|who|stop|restart|rebuild USER[+NAME]|prune --all-stopped", "operator commands, for admins", (*call).admin},
 	}

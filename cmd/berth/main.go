@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,9 +20,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/gateway"
+	"github.com/berth-ssh/berth/gpus"
 	"github.com/berth-ssh/berth/keys"
 )
 
@@ -38,6 +42,7 @@ const (
 const usage = `usage:
   berth serve [--config FILE]    run the gateway (default config: config.yaml)
   berth check-config FILE        validate a config file
+  berth gpus --local [--json]    this host's GPUs, read through NVML (no Docker needed)
   berth version                  print berth's version`
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -83,6 +88,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", args[1])
 		return exitOK
+	case "gpus":
+		fs := flag.NewFlagSet("gpus", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		local := fs.Bool("local", false, "read this host's GPUs through NVML")
+		asJSON := fs.Bool("json", false, "print JSON")
+		if err := fs.Parse(args[1:]); err != nil || !*local {
+			fmt.Fprintln(stderr, usage)
+			return exitUsage
+		}
+		inv := gpus.Open(nvml.New(), slog.New(slog.NewTextHandler(stderr, nil)))
+		defer inv.Close()
+		snap, err := inv.Read()
+		if err != nil {
+			fmt.Fprintf(stderr, "berth: %v\n", err)
+			return exitFailed
+		}
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			enc.Encode(snap)
+		} else {
+			gpus.WriteTable(stdout, snap, nil)
+		}
+		return exitOK
 	case "version", "--version":
 		fmt.Fprintf(stdout, "berth %s\n", version)
 		return exitOK
@@ -96,7 +125,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 // or SIGINT, then drains sessions for the configured grace period.
 // Containers keep running.
 func serve(cfg *config.Config, log *slog.Logger) error {
-	m, err := containers.New(cfg, log)
+	inv := gpus.Open(nvml.New(), log)
+	defer inv.Close()
+	m, err := containers.New(cfg, inv, log)
 	if err != nil {
 		return err
 	}
