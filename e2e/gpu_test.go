@@ -113,3 +113,49 @@ func TestTooFewFreeGPUsNamesTheHolder(t *testing.T) {
 		t.Fatalf("gpus does not show the holder:\n%s", out)
 	}
 }
+
+// A container whose GPUs another took while it was stopped is recreated
+// on free ones, and the user is told; a stopped container holds no lease.
+func TestGPUsTakenWhileStoppedAreReplacedAndStoppedContainersReleaseTheirs(t *testing.T) {
+	t.Parallel()
+	alice, holder := newUser(t, "alice"), newUser(t, "bob")
+	dgx := mockDGX()
+	all := uuids(t, dgx, 8)
+	g := startGateway(t, options{nvml: dgx, extra: "gpus: \"2\"\ngpu_mode: exclusive\n"}, alice)
+	run(t, g.ssh(alice, nil, "true"), "") // created on GPUs 0 and 1; no NVIDIA runtime to start it
+	first := inspect(t, alice).Container
+	if first.Config.Labels["berth.gpus"] != all[0]+","+all[1] {
+		t.Fatalf("first GPUs: %q", first.Config.Labels["berth.gpus"])
+	}
+
+	// Meanwhile a running container leases GPUs 0 to 5.
+	if _, err := docker.ContainerCreate(t.Context(), client.ContainerCreateOptions{
+		Name: "berth-" + holder.name,
+		Config: &container.Config{Image: baseImage, Entrypoint: []string{"sleep", "300"},
+			Labels: map[string]string{"berth.user": holder.name, "berth.gpus": strings.Join(all[:6], ",")}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := docker.ContainerStart(t.Context(), "berth-"+holder.name, client.ContainerStartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, g.ssh(alice, nil, "true"), "")
+	if !strings.Contains(r.stderr, "your GPUs were taken while your container was stopped; it is recreated on free ones") {
+		t.Fatalf("stderr %q", r.stderr)
+	}
+	second := inspect(t, alice).Container
+	if second.ID == first.ID || second.Config.Labels["berth.gpus"] != all[6]+","+all[7] {
+		t.Fatalf("not recreated on the free GPUs: %q", second.Config.Labels["berth.gpus"])
+	}
+
+	// Once the holder stops, its GPUs are free again.
+	if _, err := docker.ContainerStop(t.Context(), "berth-"+holder.name, client.ContainerStopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	g2 := startGateway(t, options{nvml: dgx, extra: "gpus: \"8\"\ngpu_mode: exclusive\n"}, holder)
+	removeContainer("berth-" + holder.name)
+	r = run(t, g2.ssh(holder, nil, "true"), "")
+	if !strings.Contains(r.stderr, "no NVIDIA runtime") || inspect(t, holder).Container.Config.Labels["berth.gpus"] != strings.Join(all, ",") {
+		t.Fatalf("a stopped container kept its lease: %q", r.stderr)
+	}
+}

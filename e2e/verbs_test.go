@@ -299,3 +299,36 @@ func TestIdleContainersStopUnlessKept(t *testing.T) {
 		t.Fatalf("after the idle stop: %q", out)
 	}
 }
+
+func TestLogsFollowUntilTheContainerStops(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	g := startGateway(t, options{}, alice)
+	g.runOK(alice, "true")
+	cmd := g.ssh(alice, nil, "logs -f")
+	var out logBuffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	waitFor(t, "the log so far", 20*time.Second, func() bool { return strings.Contains(out.String(), "ready: "+alice.name) })
+	// Still following: another session comes and goes meanwhile.
+	g.runOK(alice, "true")
+	select {
+	case err := <-exited:
+		t.Fatalf("logs -f ended while the container runs: %v", err)
+	default:
+	}
+	g.runOK(alice, "stop")
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("logs -f: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("logs -f did not end when the container stopped")
+	}
+}
