@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	units "github.com/docker/go-units"
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/crypto/ssh"
 )
@@ -56,6 +57,12 @@ type Config struct {
 	// Sudo gives users passwordless sudo inside their container, as the
 	// seed's image did. Default true; a user's own setting wins.
 	Sudo *bool `yaml:"sudo"`
+	// Resources are each container's limits; a user's own win.
+	Resources `yaml:",inline"`
+	// Mounts are extra bind mounts for every container, as
+	// "SOURCE:TARGET[:ro]", e.g. a shared read-only /datasets. {user} is
+	// replaced by the login name. A user's own mounts are added.
+	Mounts []string `yaml:"mounts"`
 	// GPUs is how many GPUs each container gets: "all", "none" or a
 	// number. Default "all", as the seed's --gpus all. Per user too.
 	GPUs string `yaml:"gpus"`
@@ -118,12 +125,149 @@ type User struct {
 	Sudo *bool `yaml:"sudo"`
 	// Forwarding overrides the global forwarding setting for this user.
 	Forwarding *bool `yaml:"forwarding"`
+	// Resources override the global limits, field by field.
+	Resources `yaml:",inline"`
+	// Mounts are added to the global mounts.
+	Mounts []string `yaml:"mounts"`
 	// GPUs and GPUFallback override the global settings.
 	GPUs        string `yaml:"gpus"`
 	GPUFallback string `yaml:"gpu_fallback"`
 	// MaxContainers and IdleStopAfter override the global settings.
 	MaxContainers int       `yaml:"max_containers"`
 	IdleStopAfter *Duration `yaml:"idle_stop_after"`
+}
+
+// Resources are a container's limits. Sizes are written like "8g" or
+// "512m".
+type Resources struct {
+	// ShmSize is /dev/shm's size. Default 8g: Docker's 64m gives
+	// PyTorch's data loaders "bus error".
+	ShmSize string `yaml:"shm_size"`
+	// Memory caps the container's memory; empty is no cap.
+	Memory string `yaml:"memory"`
+	// CPUs caps the CPUs it may use, e.g. 8 or 0.5; 0 is no cap.
+	CPUs float64 `yaml:"cpus"`
+	// PidsLimit caps its processes. Default 4096.
+	PidsLimit int64 `yaml:"pids_limit"`
+	// Memlock is the locked-memory ulimit, a size or "unlimited"; NCCL
+	// wants unlimited. Empty keeps the engine's default, because an engine
+	// whose own limit is lower cannot start containers with a higher one.
+	Memlock string `yaml:"memlock"`
+}
+
+// Mount is a parsed entry of mounts.
+type Mount struct {
+	Source, Target string
+	ReadOnly       bool
+}
+
+// ParseMount reads "SOURCE:TARGET[:ro|:rw]".
+func ParseMount(s string) (Mount, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return Mount{}, fmt.Errorf("%q is not SOURCE:TARGET[:ro]", s)
+	}
+	m := Mount{Source: filepath.Clean(parts[0]), Target: filepath.Clean(parts[1])}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			m.ReadOnly = true
+		case "rw":
+		default:
+			return Mount{}, fmt.Errorf("%q: the mode must be ro or rw", s)
+		}
+	}
+	if !filepath.IsAbs(m.Source) || !filepath.IsAbs(m.Target) {
+		return Mount{}, fmt.Errorf("%q: both paths must be absolute", s)
+	}
+	return m, nil
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// checkMount refuses mounts that would hand a container the Docker
+// socket, berth's own state, or other users' data.
+func (c *Config) checkMount(entry string) error {
+	m, err := ParseMount(strings.ReplaceAll(entry, "{user}", "user"))
+	if err != nil {
+		return err
+	}
+	for _, sock := range []string{"/var/run/docker.sock", "/run/docker.sock"} {
+		if within(sock, m.Source) {
+			return fmt.Errorf("%q would expose the Docker socket", entry)
+		}
+	}
+	if filepath.Base(m.Source) == "docker.sock" {
+		return fmt.Errorf("%q would expose a Docker socket", entry)
+	}
+	for _, dir := range []string{c.DataRoot, c.StateDir} {
+		if within(dir, m.Source) || within(m.Source, dir) {
+			return fmt.Errorf("%q overlaps %s, which berth keeps for itself and users' data", entry, dir)
+		}
+	}
+	if within(m.Target, "/.berth") {
+		return fmt.Errorf("%q targets berth's own directory", entry)
+	}
+	return nil
+}
+
+// ResourcesFor is u's limits: theirs where set, else the global ones.
+func (c *Config) ResourcesFor(u User) Resources {
+	r := c.Resources
+	if u.ShmSize != "" {
+		r.ShmSize = u.ShmSize
+	}
+	if u.Memory != "" {
+		r.Memory = u.Memory
+	}
+	if u.CPUs != 0 {
+		r.CPUs = u.CPUs
+	}
+	if u.PidsLimit != 0 {
+		r.PidsLimit = u.PidsLimit
+	}
+	if u.Memlock != "" {
+		r.Memlock = u.Memlock
+	}
+	return r
+}
+
+// MountsFor is u's extra mounts, with {user} replaced.
+func (c *Config) MountsFor(u User) []Mount {
+	var out []Mount
+	for _, entry := range append(append([]string{}, c.Mounts...), u.Mounts...) {
+		if m, err := ParseMount(strings.ReplaceAll(entry, "{user}", u.Name)); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func checkResources(key string, r Resources) error {
+	for name, size := range map[string]string{"shm_size": r.ShmSize, "memory": r.Memory} {
+		if size == "" {
+			continue
+		}
+		if n, err := units.RAMInBytes(size); err != nil || n <= 0 {
+			return fmt.Errorf("%s%s: %q is not a size like 8g or 512m", key, name, size)
+		}
+	}
+	if r.CPUs < 0 {
+		return fmt.Errorf("%scpus: must not be negative", key)
+	}
+	if r.Memlock != "" && r.Memlock != "unlimited" {
+		if n, err := units.RAMInBytes(r.Memlock); err != nil || n <= 0 {
+			return fmt.Errorf("%smemlock: %q is not a size or unlimited", key, r.Memlock)
+		}
+	}
+	if r.PidsLimit < 0 {
+		return fmt.Errorf("%spids_limit: must not be negative", key)
+	}
+	return nil
 }
 
 // Duration is a time.Duration written as "30s" or "5m".
@@ -293,6 +437,12 @@ func (c *Config) setDefaults() {
 	if c.MaxContainers == 0 {
 		c.MaxContainers = 3
 	}
+	if c.ShmSize == "" {
+		c.ShmSize = "8g"
+	}
+	if c.PidsLimit == 0 {
+		c.PidsLimit = 4096
+	}
 	if c.GPUs == "" {
 		c.GPUs = "all"
 	}
@@ -369,6 +519,14 @@ func (c *Config) Validate() error {
 	if _, err := gpuCount(c.GPUs); err != nil {
 		return fmt.Errorf("gpus: %w", err)
 	}
+	if err := checkResources("", c.Resources); err != nil {
+		return err
+	}
+	for i, m := range c.Mounts {
+		if err := c.checkMount(m); err != nil {
+			return fmt.Errorf("mounts[%d]: %w", i, err)
+		}
+	}
 	if c.GPUMode != "shared" && c.GPUMode != "exclusive" {
 		return fmt.Errorf("gpu_mode: %q is neither shared nor exclusive", c.GPUMode)
 	}
@@ -410,6 +568,14 @@ func (c *Config) Validate() error {
 		}
 		if u.GID != nil && u.UID == nil {
 			return fmt.Errorf("%s.gid: set uid too, or neither", key)
+		}
+		if err := checkResources(key+".", u.Resources); err != nil {
+			return err
+		}
+		for j, m := range u.Mounts {
+			if err := c.checkMount(m); err != nil {
+				return fmt.Errorf("%s.mounts[%d]: %w", key, j, err)
+			}
 		}
 		if _, err := gpuCount(u.GPUs); u.GPUs != "" && err != nil {
 			return fmt.Errorf("%s.gpus: %w", key, err)

@@ -77,3 +77,52 @@ func TestLoginNames(t *testing.T) {
 		}
 	}
 }
+
+func TestMountsAreCheckedAndNamed(t *testing.T) {
+	base := "state_dir: /var/lib/berth\ndata_root: /srv/berth/users\n"
+	for _, tc := range []struct{ mounts, want string }{
+		{`["/datasets:/datasets:ro", "/models/{user}:/home/{user}/models"]`, ""},
+		{`["/var/run/docker.sock:/var/run/docker.sock"]`, "mounts[0]: \"/var/run/docker.sock:/var/run/docker.sock\" would expose the Docker socket"},
+		{`["/ok:/ok", "/run:/host-run"]`, "mounts[1]:"},
+		{`["/:/host"]`, "Docker socket"},
+		{`["/srv/docker.sock:/x"]`, "Docker socket"},
+		{`["/srv:/srv"]`, "overlaps /srv/berth/users"},
+		{`["/srv/berth/users/bob:/bob"]`, "overlaps"},
+		{`["/var/lib/berth/run:/x"]`, "overlaps /var/lib/berth"},
+		{`["/data:/.berth/run"]`, "berth's own"},
+		{`["/data:/data:rx"]`, "ro or rw"},
+		{`["data:/data"]`, "absolute"},
+	} {
+		_, err := Decode(strings.NewReader(base+"mounts: "+tc.mounts+"\n"), "/etc/berth")
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%s: %v", tc.mounts, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %q", tc.mounts, err, tc.want)
+		}
+	}
+	// A user's own mounts are checked too, and named.
+	_, err := Decode(strings.NewReader("users:\n  - name: a\n    authorized_keys: [\""+key+"\"]\n    mounts: [\"/var/run:/r\"]\n"), "/etc/berth")
+	if err == nil || !strings.Contains(err.Error(), "users[0].mounts[0]") {
+		t.Errorf("user mount: %v", err)
+	}
+}
+
+func TestResources(t *testing.T) {
+	cfg, err := Decode(strings.NewReader("memory: 64g\ncpus: 8\nusers:\n  - name: a\n    authorized_keys: [\""+key+"\"]\n    memory: 16g\n    shm_size: 1g\n"), "/etc/berth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.ResourcesFor(cfg.Users[0])
+	if r.Memory != "16g" || r.CPUs != 8 || r.ShmSize != "1g" || r.PidsLimit != 4096 {
+		t.Fatalf("resources: %+v", r)
+	}
+	for yaml, want := range map[string]string{"memory: lots\n": "memory:", "shm_size: -1\n": "shm_size:", "cpus: -2\n": "cpus:", "pids_limit: -5\n": "pids_limit:"} {
+		if _, err := Decode(strings.NewReader(yaml), "/etc/berth"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", yaml, err, want)
+		}
+	}
+}

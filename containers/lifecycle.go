@@ -301,8 +301,18 @@ type Status struct {
 	Keep     bool      `json:"keep_running"`
 	GPUs     []string  `json:"gpus"`
 	Mounts   []Mount   `json:"mounts"`
+	Limits   Limits    `json:"limits"`
 	// DiskUsed is the bytes under the user's data_root directory.
 	DiskUsed int64 `json:"disk_used_bytes"`
+}
+
+// Limits are a container's resource limits as Docker enforces them; 0 is
+// none.
+type Limits struct {
+	ShmSize   int64   `json:"shm_size_bytes"`
+	Memory    int64   `json:"memory_bytes"`
+	CPUs      float64 `json:"cpus"`
+	PidsLimit int64   `json:"pids_limit"`
 }
 
 // Mount is one of a container's mounts.
@@ -339,6 +349,12 @@ func (m *Manager) Status(ctx context.Context, r Ref) (Status, error) {
 	}
 	_, err = os.Stat(m.keepPath(r.Name()))
 	st.Keep = err == nil
+	if hc := c.HostConfig; hc != nil {
+		st.Limits = Limits{ShmSize: hc.ShmSize, Memory: hc.Memory, CPUs: float64(hc.NanoCPUs) / 1e9}
+		if hc.PidsLimit != nil {
+			st.Limits.PidsLimit = *hc.PidsLimit
+		}
+	}
 	for _, mt := range c.Mounts {
 		if mt.Destination == agent.BinaryPath || mt.Destination == agent.RunDir {
 			continue // berth's own

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	units "github.com/docker/go-units"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
@@ -492,17 +493,26 @@ func (m *Manager) socketPath(name string) string {
 // spec is everything a container is created from. Its hash is kept in a
 // label, so berth can tell when the config has moved on.
 type spec struct {
-	Image    string        `json:"image"` // the environment's tag
-	Account  agent.Account `json:"account"`
-	DataRoot string        `json:"data_root"`
-	Layout   int           `json:"layout"` // mounts and agent paths
+	Image     string           `json:"image"` // the environment's tag
+	Account   agent.Account    `json:"account"`
+	DataRoot  string           `json:"data_root"`
+	Mounts    []config.Mount   `json:"mounts"`
+	Resources config.Resources `json:"resources"`
+	Layout    int              `json:"layout"` // berth's own mounts and paths
 }
 
 // layoutVersion changes whenever create changes what it makes.
 const layoutVersion = 1
 
 func (m *Manager) spec(r Ref, a agent.Account) spec {
-	return spec{Image: m.environment(r).Tag(), Account: a, DataRoot: m.cfg.DataRoot, Layout: layoutVersion}
+	return spec{
+		Image:     m.environment(r).Tag(),
+		Account:   a,
+		DataRoot:  m.cfg.DataRoot,
+		Mounts:    m.cfg.MountsFor(r.User),
+		Resources: m.cfg.ResourcesFor(r.User),
+		Layout:    layoutVersion,
+	}
 }
 
 func (s spec) hash() string {
@@ -538,6 +548,11 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 	bind := func(src, dst string, ro bool) mount.Mount {
 		return mount.Mount{Type: mount.TypeBind, Source: src, Target: dst, ReadOnly: ro}
 	}
+	var extra []mount.Mount
+	for _, mt := range s.Mounts {
+		extra = append(extra, bind(mt.Source, mt.Target, mt.ReadOnly))
+	}
+	res := limits(s.Resources)
 	init := true
 	_, err = m.docker.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name: name,
@@ -561,14 +576,21 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 		HostConfig: &container.HostConfig{
 			Init:        &init,
 			NetworkMode: container.NetworkMode(NetworkName),
-			Resources:   container.Resources{DeviceRequests: devices},
-			Mounts: []mount.Mount{
+			ShmSize:     res.shm,
+			Resources: container.Resources{
+				DeviceRequests: devices,
+				Memory:         res.memory,
+				NanoCPUs:       res.nanoCPUs,
+				PidsLimit:      &res.pids,
+				Ulimits:        res.ulimits,
+			},
+			Mounts: append([]mount.Mount{
 				bind(data.home, home, false),
 				bind(data.projects, home+"/projects", false),
 				bind(data.vscode, home+"/.vscode-server", false),
 				bind(m.agentPath(), agent.BinaryPath, true),
 				bind(m.runDir(name), agent.RunDir, false),
-			},
+			}, extra...),
 		},
 	})
 	if cerrdefs.IsConflict(err) {
@@ -598,6 +620,32 @@ func (m *Manager) ensureNetwork(ctx context.Context) error {
 		return m.dockerFailure(ctx, "berth could not set up the container network", err)
 	}
 	return nil
+}
+
+// dockerLimits are config.Resources in Docker's units.
+type dockerLimits struct {
+	shm, memory, nanoCPUs, pids int64
+	ulimits                     []*container.Ulimit
+}
+
+// limits converts validated resources; config validation has already
+// refused sizes that do not parse.
+func limits(r config.Resources) dockerLimits {
+	var l dockerLimits
+	l.shm, _ = units.RAMInBytes(r.ShmSize)
+	if r.Memory != "" {
+		l.memory, _ = units.RAMInBytes(r.Memory)
+	}
+	l.nanoCPUs = int64(r.CPUs * 1e9)
+	l.pids = r.PidsLimit
+	if r.Memlock != "" {
+		n := int64(-1) // unlimited
+		if r.Memlock != "unlimited" {
+			n, _ = units.RAMInBytes(r.Memlock)
+		}
+		l.ulimits = []*container.Ulimit{{Name: "memlock", Soft: n, Hard: n}}
+	}
+	return l
 }
 
 // Failure is an error with one sentence for the user; Err has the detail

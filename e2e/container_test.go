@@ -339,3 +339,43 @@ func TestBuildProgressOnATerminalIsOneStatusLine(t *testing.T) {
 		t.Fatalf("no step line with its duration:\n%q", r.stderr)
 	}
 }
+
+func TestMountsAndLimitsReachTheContainer(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	shared, models := shortTempDir(t), shortTempDir(t)
+	os.Chmod(shared, 0o755)
+	os.Chmod(models, 0o755)
+	os.WriteFile(filepath.Join(shared, "data.csv"), []byte("a,b\n"), 0o644)
+	os.Mkdir(filepath.Join(models, alice.name), 0o755)
+	os.Chown(filepath.Join(models, alice.name), 3000, 3000)
+	g := startGateway(t, options{
+		extra:    "mounts: [\"" + shared + ":/datasets:ro\", \"" + models + "/{user}:/models\"]\nshm_size: 1g\npids_limit: 300\nmemlock: 1m\n",
+		userYAML: "memory: 512m\n    cpus: 0.5",
+	}, alice)
+	out := g.runOK(alice, `cat /datasets/data.csv
+touch /datasets/x 2>/dev/null && echo writable || echo read-only
+touch /models/mine && echo models-ok
+df -k /dev/shm | awk 'NR==2 {print $2}'
+cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null | head -1
+cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null | head -1
+ulimit -l`)
+	want := "a,b\nread-only\nmodels-ok\n1048576\n300\n536870912\n1024\n"
+	if out != want {
+		t.Fatalf("inside the container:\n%s\nwant\n%s", out, want)
+	}
+	if _, err := os.Stat(filepath.Join(models, alice.name, "mine")); err != nil {
+		t.Fatal("{user} was not replaced in the mount")
+	}
+	hc := inspect(t, alice).Container.HostConfig
+	if hc.Memory != 512<<20 || hc.NanoCPUs != 5e8 || hc.ShmSize != 1<<30 || *hc.PidsLimit != 300 {
+		t.Fatalf("docker inspect: memory %d cpus %d shm %d pids %d", hc.Memory, hc.NanoCPUs, hc.ShmSize, *hc.PidsLimit)
+	}
+	st := status(t, g, alice)
+	if len(st.Mounts) != 5 {
+		t.Fatalf("status mounts: %+v", st.Mounts)
+	}
+	if out := g.runOK(alice, "status"); !strings.Contains(out, "memory 512.0 MiB, cpus 0.5, /dev/shm 1.0 GiB, processes 300") {
+		t.Fatalf("status does not show the limits:\n%s", out)
+	}
+}

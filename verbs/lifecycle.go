@@ -199,7 +199,13 @@ func printStatus(c *call, st containers.Status) {
 		}
 		row(k, "%s → %s%s", m.Source, m.Target, ro)
 	}
-	row("disk used", "%s under your data directory", bytes(st.DiskUsed))
+	if st.State != "absent" {
+		l := st.Limits
+		row("limits", "memory %s, cpus %s, /dev/shm %s, processes %s",
+			orNone(l.Memory, bytes(l.Memory)), orNone(int64(l.CPUs*1000), fmt.Sprintf("%g", l.CPUs)),
+			bytes(l.ShmSize), orNone(l.PidsLimit, fmt.Sprint(l.PidsLimit)))
+	}
+	row("disk used", "%s under your data directory (no quota)", bytes(st.DiskUsed))
 	tw.Flush()
 }
 
@@ -212,6 +218,13 @@ func (c *call) logs() int {
 		return c.fail(err)
 	}
 	return exitOK
+}
+
+func orNone(n int64, s string) string {
+	if n <= 0 {
+		return "unlimited"
+	}
+	return s
 }
 
 func took(begin time.Time) time.Duration { return time.Since(begin).Round(100 * time.Millisecond) }
