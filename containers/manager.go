@@ -502,7 +502,7 @@ type spec struct {
 }
 
 // layoutVersion changes whenever create changes what it makes.
-const layoutVersion = 1
+const layoutVersion = 2
 
 func (m *Manager) spec(r Ref, a agent.Account) spec {
 	return spec{
@@ -576,6 +576,11 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 		HostConfig: &container.HostConfig{
 			Init:        &init,
 			NetworkMode: container.NetworkMode(NetworkName),
+			// Docker's default set, less what neither the seed's tools nor
+			// berth's agent use. sudo needs setuid; without sudo nothing
+			// in the container may gain privileges at all.
+			CapDrop:     []string{"MKNOD", "NET_RAW", "SYS_CHROOT", "SETPCAP"},
+			SecurityOpt: securityOpts(a.Sudo),
 			ShmSize:     res.shm,
 			Resources: container.Resources{
 				DeviceRequests: devices,
@@ -620,6 +625,13 @@ func (m *Manager) ensureNetwork(ctx context.Context) error {
 		return m.dockerFailure(ctx, "berth could not set up the container network", err)
 	}
 	return nil
+}
+
+func securityOpts(sudo bool) []string {
+	if sudo {
+		return nil
+	}
+	return []string{"no-new-privileges:true"}
 }
 
 // dockerLimits are config.Resources in Docker's units.

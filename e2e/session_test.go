@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -300,6 +301,13 @@ func TestSudoIsAConfigSwitch(t *testing.T) {
 	g = startGateway(t, options{userYAML: "sudo: false"}, bob)
 	if r := run(t, g.ssh(bob, nil, "sudo -n id -u"), ""); r.code == 0 {
 		t.Fatalf("sudo worked with sudo: false: %q", r.stdout)
+	}
+	// Without sudo nothing in the container may gain privileges.
+	if opts := inspect(t, bob).Container.HostConfig.SecurityOpt; !slices.Contains(opts, "no-new-privileges:true") {
+		t.Fatalf("security options without sudo: %v", opts)
+	}
+	if caps := inspect(t, alice).Container.HostConfig.CapDrop; !slices.Contains(caps, "CAP_NET_RAW") || !slices.Contains(caps, "CAP_MKNOD") {
+		t.Fatalf("dropped capabilities: %v", caps)
 	}
 }
 
