@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -330,5 +331,19 @@ func TestLogsFollowUntilTheContainerStops(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		cmd.Process.Kill()
 		t.Fatal("logs -f did not end when the container stopped")
+	}
+}
+
+func TestConfigPrintsAWorkingSSHConfigStanza(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	g := startGateway(t, options{}, alice)
+	stanza := g.runOK(alice, "config gpu")
+	path := filepath.Join(t.TempDir(), "ssh_config")
+	os.WriteFile(path, []byte(stanza+"    IdentityFile "+alice.key+"\n    IdentitiesOnly yes\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n"), 0o600)
+	// The stanza alone gets the real client to the user's container.
+	out, err := exec.Command("ssh", "-F", path, "gpu", "id -un").Output()
+	if err != nil || strings.TrimSpace(string(out)) != alice.name {
+		t.Fatalf("ssh with the printed config: %v %q\n%s", err, out, stanza)
 	}
 }

@@ -213,7 +213,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	conn := sessions.Conn{
 		SSH:       sconn,
 		Opener:    opener,
-		Verbs:     s.verbs.For(verbs.Caller{Ref: ref, Key: ext[extKey]}),
+		Verbs:     s.verbs.For(caller(ref, ext[extKey], nc)),
 		Registry:  s.registry,
 		Login:     ref.Login(),
 		Container: ref.Name(),
@@ -253,6 +253,12 @@ func (s *Server) serveConn(nc net.Conn) {
 	remote.Close()
 	done.Wait()
 	log.Info("connection closed")
+}
+
+// caller describes the connection to the verbs.
+func caller(ref containers.Ref, key string, nc net.Conn) verbs.Caller {
+	host, port, _ := net.SplitHostPort(nc.LocalAddr().String())
+	return verbs.Caller{Ref: ref, Key: key, Host: host, Port: port}
 }
 
 // globalRequests answers the connection's global requests until it

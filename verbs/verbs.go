@@ -42,6 +42,7 @@ type verb struct {
 func table() []verb {
 	return []verb{
 		{"help", "help", "list berth's commands", (*call).help},
+		{"config", "config [NAME]", "print a ~/.ssh/config stanza for this gateway (VS Code reads it too)", (*call).sshConfig},
 		{"status", "status [--json] [--all]", "your container: state, image, uptime, GPUs, mounts, disk used", (*call).status},
 		{"start", "start [--keep]", "build the image if needed, create and start your container (--keep: exempt it from the idle stop until it stops)", (*call).start},
 		{"stop", "stop [--rm]", "stop your container, keeping everything in it (--rm: remove it too; your data stays)", (*call).stop},
@@ -68,11 +69,12 @@ func New(cfg *config.Config, m *containers.Manager, registry *sessions.Registry,
 	return &Handler{cfg: cfg, m: m, registry: registry, log: log}
 }
 
-// Caller is who runs a verb: the container they logged in to, and the key
-// they proved, for the log.
+// Caller is who runs a verb: the container they logged in to, the key
+// they proved (for the log), and the address they reached berth at.
 type Caller struct {
-	Ref containers.Ref
-	Key string
+	Ref        containers.Ref
+	Key        string
+	Host, Port string
 }
 
 // For returns the verbs as caller may run them; it satisfies
