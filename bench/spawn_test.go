@@ -1,10 +1,7 @@
 //go:build spike
 
-// Package bench holds reproducible measurements behind berth's design
-// choices. It has no code of its own, only tests and benchmarks.
-//
-// spawn_test.go is the spike that compares the two ways to get a process
-// into a user's container:
+// spawn_test.go is the spike behind design decision 1 (docs/design.md).
+// It compares the two ways to get a process into a user's container:
 //
 //   - Docker exec: ExecCreate + ExecAttach (which starts the exec on a
 //     hijacked HTTP connection), the output multiplexed by dockerd with
@@ -22,8 +19,11 @@
 //
 //	go test -tags spike -run Spike -bench . -benchtime 30x -v ./bench/
 //
-// The medians are printed as a table at the end of the run.
-package bench
+// The medians are printed as a table at the end of the run. It shares
+// median and ms with the benchmark suite (measures.go), the rest of the
+// package; see main.go for the suite itself.
+
+package main
 
 import (
 	"bytes"
@@ -38,7 +38,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +45,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
 	"go.yaml.in/yaml/v3"
@@ -54,6 +54,7 @@ import (
 	"github.com/berth-ssh/berth/agent"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
+	"github.com/berth-ssh/berth/gpus"
 )
 
 // spikeUID is the uid (and gid) of the spike's user; exec runs as it too,
@@ -68,6 +69,7 @@ type fixture struct {
 	dir       string // temp dir: agent binary, config, state and data
 	user      config.User
 	mgr       *containers.Manager
+	gpus      *gpus.Inventory
 	docker    *client.Client
 	container string // container name, berth-<user>
 	sock      string // host path of the container's agent socket
@@ -184,7 +186,9 @@ func setup() (*fixture, error) {
 	f.sock = filepath.Join(cfg.StateDir, "run", f.container, agent.SocketName)
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	f.mgr, err = containers.New(cfg, log)
+	// As berth serve does; without a GPU the inventory is empty.
+	f.gpus = gpus.Open(nvml.New(), log)
+	f.mgr, err = containers.New(cfg, f.gpus, log)
 	if err != nil {
 		return f, err
 	}
@@ -192,7 +196,7 @@ func setup() (*fixture, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	begin := time.Now()
-	conn, err := f.mgr.Open(ctx, f.user, io.Discard)
+	conn, err := f.mgr.Open(ctx, containers.Ref{User: f.user}, io.Discard)
 	if err != nil {
 		return f, fmt.Errorf("open %s: %w", f.container, err)
 	}
@@ -213,6 +217,9 @@ func (f *fixture) teardown() {
 	}
 	if f.mgr != nil {
 		f.mgr.Close()
+	}
+	if f.gpus != nil {
+		f.gpus.Close()
 	}
 	f.docker.Close()
 	os.RemoveAll(f.dir)
@@ -349,21 +356,6 @@ func (c *counter) Write(p []byte) (int, error) {
 	*c += counter(len(p))
 	return len(p), nil
 }
-
-// median returns the median of ds.
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func addMedian(format string, args ...any) {
 	resultsMu.Lock()

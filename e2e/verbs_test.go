@@ -18,7 +18,7 @@ func TestHelpListsEveryVerb(t *testing.T) {
 	alice := newUser(t, "alice")
 	g := startGateway(t, options{}, alice)
 	out := g.runOK(alice, "help")
-	for _, v := range []string{"help", "status", "start", "stop", "restart", "rebuild", "rollback", "prune", "logs", "admin"} {
+	for _, v := range []string{"help", "config", "status", "start", "stop", "restart", "rebuild", "rollback", "prune", "gpus", "logs", "admin"} {
 		if !strings.Contains(out, "\n  "+v) {
 			t.Errorf("help does not list %s:\n%s", v, out)
 		}
