@@ -24,6 +24,7 @@ import (
 
 	"github.com/creack/pty"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-ssh/berth/agent"
 	"github.com/berth-ssh/berth/containers"
@@ -39,6 +40,19 @@ type Opener interface {
 // ExitGatewayFailure is the exit status a user gets when berth itself
 // failed, as ssh's own 255.
 const ExitGatewayFailure = 255
+
+// pipeSize is the capacity berth asks for its pipes (Linux allows up to
+// /proc/sys/fs/pipe-max-size, 1 MiB by default, to anyone).
+const pipeSize = 1 << 20
+
+// setPipeSize enlarges a pipe, so that one read can carry more than the
+// default 64 KiB. It goes through SyscallConn because Fd would make the
+// file blocking, and a blocking read cannot be cut short by Close.
+func setPipeSize(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
+}
 
 // ptyDrain is how long output is still read from a terminal after its
 // process has exited. The process's last output is already in the
@@ -351,6 +365,7 @@ func (s *Session) runPipes(ctx context.Context, conn *net.UnixConn, spec agent.S
 			closeAll(ours[:i]...)
 			return agent.ExitStatus{}, err
 		}
+		setPipeSize(r)
 		if i == 0 {
 			child[i], ours[i] = r, w
 		} else {
@@ -376,11 +391,11 @@ func (s *Session) runPipes(ctx context.Context, conn *net.UnixConn, spec agent.S
 	defer stop()
 
 	go func() {
-		io.Copy(stdin, s.ch)
+		tunnels.Copy(stdin, s.ch)
 		stdin.Close() // the client's EOF is the process's EOF
 	}()
 	var out sync.WaitGroup
-	out.Go(func() { io.Copy(s.ch, stdout) })
+	out.Go(func() { tunnels.Copy(s.ch, stdout) })
 	out.Go(func() { io.Copy(s.ch.Stderr(), stderr) })
 	// Like sshd, wait for the output to end, not just the process: a
 	// background job that keeps stdout open keeps the session.

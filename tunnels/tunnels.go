@@ -121,16 +121,29 @@ func bridge(ctx context.Context, ch ssh.Channel, c net.Conn) {
 	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		io.Copy(c, ch)
+		Copy(c, ch)
 		if cw, ok := c.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 	})
 	wg.Go(func() {
-		io.Copy(ch, c)
+		Copy(ch, c)
 		ch.CloseWrite()
 	})
 	wg.Wait()
 	ch.Close()
 	c.Close()
+}
+
+// copyBuffer is the size of berth's copies between SSH channels and
+// sockets or pipes. A channel read can return several 32 KiB packets'
+// worth, and a socket read as much as the kernel holds; bigger buffers
+// mean fewer system calls per byte (the forward benchmark went from 0.60
+// to 0.72 of sshd with 256 KiB).
+const copyBuffer = 256 << 10
+
+// Copy copies with a copyBuffer-sized buffer. It hides the destination's
+// ReadFrom, which would copy 32 KiB at a time.
+func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, copyBuffer))
 }
