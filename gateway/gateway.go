@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"syscall"
 	"sync"
 	"time"
 
@@ -178,7 +179,10 @@ func (s *Server) serveConn(nc net.Conn) {
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	if err != nil {
-		if !errors.Is(err, io.EOF) {
+		// A port probe or health check that hangs up is not news.
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			log.Debug("handshake abandoned", "err", err)
+		} else {
 			log.Info("handshake failed", "err", err)
 		}
 		return

@@ -135,6 +135,10 @@ func (p program) String() string {
 	if p.command == "" {
 		return "login shell"
 	}
+	// A command is logged, but a script piped in as one is cut short.
+	if r := []rune(p.command); len(r) > 200 {
+		return string(r[:200]) + "…"
+	}
 	return p.command
 }
 
