@@ -127,6 +127,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 func serve(cfg *config.Config, log *slog.Logger) error {
 	inv := gpus.Open(nvml.New(), log)
 	defer inv.Close()
+	if snap, err := inv.Read(); err != nil {
+		log.Warn("reading the GPUs", "err", err)
+	} else if snap.Available {
+		log.Info("GPUs found", "count", len(snap.GPUs), "driver", snap.Driver, "cuda", snap.CUDA,
+			"policy", cfg.GPUs, "mode", cfg.GPUMode)
+	}
 	m, err := containers.New(cfg, inv, log)
 	if err != nil {
 		return err
