@@ -9,6 +9,8 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
+
+	"github.com/berth-ssh/berth/containers"
 )
 
 // mockDGX is go-nvml's mock eight-GPU DGX A100, with the calls the mock
@@ -21,6 +23,24 @@ func mockDGX() *dgxa100.Server {
 		dev.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
 	}
 	return s
+}
+
+// leaseHolder runs a container that, by its labels, is u's berth
+// container leasing ids: the GPU leases are nothing but such labels.
+func leaseHolder(t *testing.T, u user, ids []string) {
+	t.Helper()
+	name := containers.Name(u.name)
+	_, err := docker.ContainerCreate(t.Context(), client.ContainerCreateOptions{
+		Name: name,
+		Config: &container.Config{Image: baseImage, Entrypoint: []string{"sleep", "300"},
+			Labels: map[string]string{containers.LabelUser: u.name, containers.LabelGPUs: strings.Join(ids, ",")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := docker.ContainerStart(t.Context(), name, client.ContainerStartOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func uuids(t *testing.T, s *dgxa100.Server, n int) []string {
@@ -89,17 +109,7 @@ func TestTooFewFreeGPUsNamesTheHolder(t *testing.T) {
 	gc := startGateway(t, options{nvml: dgx, extra: "gpus: \"4\"\ngpu_mode: exclusive\ngpu_fallback: cpu\n"}, carol)
 
 	// Another berth container, running, leases six GPUs.
-	_, err := docker.ContainerCreate(t.Context(), client.ContainerCreateOptions{
-		Name: "berth-" + holder.name,
-		Config: &container.Config{Image: baseImage, Entrypoint: []string{"sleep", "300"},
-			Labels: map[string]string{"berth.user": holder.name, "berth.gpus": strings.Join(uuids(t, dgx, 6), ",")}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := docker.ContainerStart(t.Context(), "berth-"+holder.name, client.ContainerStartOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	leaseHolder(t, holder, uuids(t, dgx, 6))
 
 	r := run(t, g.ssh(alice, nil, "true"), "")
 	if r.code != 255 || !strings.Contains(r.stderr, "not enough free GPUs: you asked for 4 GPUs and 2 are free: "+holder.name+" (berth-"+holder.name+") holds 6 since") {
@@ -129,16 +139,7 @@ func TestGPUsTakenWhileStoppedAreReplacedAndStoppedContainersReleaseTheirs(t *te
 	}
 
 	// Meanwhile a running container leases GPUs 0 to 5.
-	if _, err := docker.ContainerCreate(t.Context(), client.ContainerCreateOptions{
-		Name: "berth-" + holder.name,
-		Config: &container.Config{Image: baseImage, Entrypoint: []string{"sleep", "300"},
-			Labels: map[string]string{"berth.user": holder.name, "berth.gpus": strings.Join(all[:6], ",")}},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := docker.ContainerStart(t.Context(), "berth-"+holder.name, client.ContainerStartOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	leaseHolder(t, holder, all[:6])
 	r := run(t, g.ssh(alice, nil, "true"), "")
 	if !strings.Contains(r.stderr, "your GPUs were taken while your container was stopped; it is recreated on free ones") {
 		t.Fatalf("stderr %q", r.stderr)
