@@ -43,6 +43,10 @@ type Config struct {
 	// AgentPath is berth's in-container helper, a static binary. Default:
 	// berth-agent beside the berth binary, else on $PATH.
 	AgentPath string `yaml:"agent_path"`
+	// KeysDir holds one authorized_keys file per user, named after the
+	// user (`berth keys add` writes there). Read at each login, so added
+	// and removed keys count at once. Default <state_dir>/keys.
+	KeysDir string `yaml:"keys_dir"`
 	// Environment is the image every user's container is made from.
 	Environment Environment `yaml:"environment"`
 	// Environments are named alternatives: logging in as alice+NAME uses
@@ -420,6 +424,10 @@ func (c *Config) setDefaults() {
 	if c.DataRoot == "" {
 		c.DataRoot = filepath.Join(c.StateDir, "users")
 	}
+	if c.KeysDir == "" {
+		c.KeysDir = filepath.Join(c.StateDir, "keys")
+	}
+	c.KeysDir = c.Path(c.KeysDir)
 	c.StateDir = c.Path(c.StateDir)
 	c.DataRoot = c.Path(c.DataRoot)
 	if c.Environment.Dockerfile != "" {
@@ -549,9 +557,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.name: %q is configured twice", key, u.Name)
 		}
 		seen[u.Name] = true
-		if len(u.AuthorizedKeys) == 0 {
-			return fmt.Errorf("%s.authorized_keys: user %q has no keys, so nobody could log in as them", key, u.Name)
-		}
+		// A user may have no keys in the config: keys_dir may hold them.
 		for j, entry := range u.AuthorizedKeys {
 			if IsKeyPath(entry) {
 				continue

@@ -44,7 +44,6 @@ func TestValidationNamesTheOffendingKey(t *testing.T) {
 		{"bad name", "users:\n  - name: Alice\n    authorized_keys: [\"" + key + "\"]\n", "users[0].name"},
 		{"name with a path in it", "users:\n  - name: ../root\n    authorized_keys: [\"" + key + "\"]\n", "users[0].name"},
 		{"twice", "users:\n  - name: a\n    authorized_keys: [\"" + key + "\"]\n  - name: a\n    authorized_keys: [\"" + key + "\"]\n", "users[1].name"},
-		{"no keys", "users:\n  - name: a\n", "users[0].authorized_keys"},
 		{"bad key line", "users:\n  - name: a\n    authorized_keys: [\"ssh-ed25519 nope\"]\n", "users[0].authorized_keys[0]"},
 		{"system uid", "users:\n  - name: a\n    uid: 33\n    authorized_keys: [\"" + key + "\"]\n", "users[0].uid"},
 		{"gid without uid", "users:\n  - name: a\n    gid: 1000\n    authorized_keys: [\"" + key + "\"]\n", "users[0].gid"},

@@ -134,3 +134,34 @@ func freePort(t *testing.T) string {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	return port
 }
+
+// An operator adds a key with `berth keys add`, and it works at the next
+// login, with no restart; removing it stops the next one.
+func TestKeysAddTakesEffectWithoutARestart(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	g := startGateway(t, options{}, alice)
+	laptop := newUser(t, "laptop") // a second key of alice's
+	laptop.name = alice.name
+	if r := run(t, g.ssh(laptop, nil, "true"), ""); r.code != 255 {
+		t.Fatal("a key not added yet logs in")
+	}
+	pub := filepath.Join(t.TempDir(), "laptop.pub")
+	os.WriteFile(pub, []byte(laptop.pub+" alice@laptop\n"), 0o644)
+	out, err := exec.Command(berthBin(t), "keys", "add", "--config", g.cfgPath, alice.name, pub).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "counts at the next login") {
+		t.Fatalf("berth keys add: %v %s", err, out)
+	}
+	if out := g.runOK(laptop, "id -un"); strings.TrimSpace(out) != alice.name {
+		t.Fatalf("the added key: %q", out)
+	}
+	os.WriteFile(filepath.Join(g.cfg.KeysDir, alice.name), nil, 0o644)
+	if r := run(t, g.ssh(laptop, nil, "true"), ""); r.code != 255 {
+		t.Fatal("a removed key still logs in")
+	}
+	// A bad key file is refused with a reason.
+	os.WriteFile(pub, []byte("ssh-ed25519 nonsense\n"), 0o644)
+	if out, err := exec.Command(berthBin(t), "keys", "add", "--config", g.cfgPath, alice.name, pub).CombinedOutput(); err == nil || !strings.Contains(string(out), "not an authorized_keys line") {
+		t.Fatalf("a bad key: %v %s", err, out)
+	}
+}

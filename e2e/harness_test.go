@@ -154,12 +154,13 @@ func removeContainer(name string) {
 
 // gw is a running gateway.
 type gw struct {
-	t    *testing.T
-	addr string
-	port string
-	cfg  *config.Config
-	logs *logBuffer
-	srv  *gateway.Server
+	t       *testing.T
+	addr    string
+	port    string
+	cfg     *config.Config
+	cfgPath string
+	logs    *logBuffer
+	srv     *gateway.Server
 }
 
 // options adjust a test gateway's config.
@@ -185,7 +186,7 @@ type options struct {
 // environment, and stops it when the test ends.
 func startGateway(t *testing.T, o options, users ...user) *gw {
 	t.Helper()
-	cfg, _ := gatewayConfig(t, o, users...)
+	cfg, cfgPath := gatewayConfig(t, o, users...)
 	recordTestImages(cfg, users)
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -218,7 +219,7 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 		}
 	})
 	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return &gw{t: t, addr: l.Addr().String(), port: port, cfg: cfg, logs: logs, srv: srv}
+	return &gw{t: t, addr: l.Addr().String(), port: port, cfg: cfg, cfgPath: cfgPath, logs: logs, srv: srv}
 }
 
 // recordTestImages notes the images a test's own environments make, and

@@ -16,7 +16,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 
@@ -48,6 +51,7 @@ type Book struct {
 func New(cfg *config.Config) *Book { return &Book{cfg: cfg} }
 
 // Authorize returns the entry that lets key log in as user, or ErrDenied.
+// It looks in the user's authorized_keys entries and in keys_dir/<user>.
 // Errors reading a key file are wrapped in the returned error alongside
 // ErrDenied, so the caller can log them.
 func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
@@ -57,6 +61,16 @@ func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
 	}
 	want := key.Marshal()
 	var problems []error
+	if entries, err := ReadFile(b.userFile(user)); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		if err != nil {
+			problems = append(problems, err)
+		}
+		for _, e := range entries {
+			if bytes.Equal(e.Key.Marshal(), want) {
+				return e, nil
+			}
+		}
+	}
 	for _, line := range u.AuthorizedKeys {
 		var entries []Entry
 		if config.IsKeyPath(line) {
@@ -81,6 +95,51 @@ func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
 		}
 	}
 	return Entry{}, errors.Join(append([]error{ErrDenied}, problems...)...)
+}
+
+// userFile is the user's file in keys_dir. The name was validated as a
+// login name before any call reaches here.
+func (b *Book) userFile(user string) string { return filepath.Join(b.cfg.KeysDir, user) }
+
+// Add appends an authorized_keys line to user's file in keys_dir, after
+// checking that it parses and is not there yet. The file is replaced
+// atomically, so a login never reads half of it; it counts at the next
+// login, with no restart.
+func (b *Book) Add(user, line string) (Entry, error) {
+	if _, ok := b.cfg.User(user); !ok {
+		return Entry{}, fmt.Errorf("%q is not a configured user", user)
+	}
+	line = strings.TrimSpace(line)
+	e, err := parseLine([]byte(line), "")
+	if err != nil {
+		return Entry{}, fmt.Errorf("not an authorized_keys line: %w", err)
+	}
+	if _, err := ParseOptions(e.Options); err != nil {
+		return Entry{}, err
+	}
+	path := b.userFile(user)
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return Entry{}, err
+	}
+	existing, _ := ReadFile(path)
+	for _, x := range existing {
+		if bytes.Equal(x.Key.Marshal(), e.Key.Marshal()) {
+			return Entry{}, fmt.Errorf("the key %s is already there", ssh.FingerprintSHA256(e.Key))
+		}
+	}
+	if err := os.MkdirAll(b.cfg.KeysDir, 0o755); err != nil {
+		return Entry{}, err
+	}
+	if len(old) > 0 && old[len(old)-1] != '\n' {
+		old = append(old, '\n')
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(old, line+"\n"...), 0o644); err != nil {
+		return Entry{}, err
+	}
+	e.Source = path
+	return e, os.Rename(tmp, path)
 }
 
 // ReadFile parses an authorized_keys file. Blank lines and comments are

@@ -110,3 +110,37 @@ func TestParseOptions(t *testing.T) {
 		}
 	}
 }
+
+func TestKeysDirAddTakesEffectAtTheNextLogin(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := config.Decode(strings.NewReader("keys_dir: "+dir+"/keys\nusers:\n  - name: carol\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	book := New(cfg)
+	k := newKey(t)
+	if _, err := book.Authorize("carol", k); err == nil {
+		t.Fatal("a key not added yet logs in")
+	}
+	if _, err := book.Add("carol", line(k)+" carol@laptop"); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := book.Authorize("carol", k); err != nil || e.Source != filepath.Join(dir, "keys", "carol") {
+		t.Fatalf("after add: %+v %v", e, err)
+	}
+	for _, bad := range []struct{ user, line, want string }{
+		{"carol", line(k), "already there"},
+		{"carol", "ssh-ed25519 garbage", "not an authorized_keys line"},
+		{"carol", `from="10.0.0.1" ` + line(newKey(t)), "not supported"},
+		{"dave", line(newKey(t)), "not a configured user"},
+	} {
+		if _, err := book.Add(bad.user, bad.line); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("Add(%s, %.30q): %v, want %q", bad.user, bad.line, err, bad.want)
+		}
+	}
+	// Removing the line stops the next login with that key.
+	os.WriteFile(filepath.Join(dir, "keys", "carol"), nil, 0o644)
+	if _, err := book.Authorize("carol", k); err == nil {
+		t.Fatal("a removed key still logs in")
+	}
+}

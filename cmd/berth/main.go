@@ -17,10 +17,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
@@ -43,6 +45,9 @@ const usage = `usage:
   berth serve [--config FILE]    run the gateway (default config: config.yaml)
   berth check-config FILE        validate a config file
   berth gpus --local [--json]    this host's GPUs, read through NVML (no Docker needed)
+  berth keys add [--config FILE] USER KEYFILE
+                                 add a public key (a .pub file, or - for stdin) to USER's
+                                 file in keys_dir; it counts at the next login
   berth version                  print berth's version`
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -112,6 +117,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			gpus.WriteTable(stdout, snap, nil)
 		}
 		return exitOK
+	case "keys":
+		return keysCommand(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "berth %s\n", version)
 		return exitOK
@@ -165,4 +172,51 @@ func serve(cfg *config.Config, log *slog.Logger) error {
 		}
 		return nil
 	}
+}
+
+// keysCommand is `berth keys add`: it appends keys to keys_dir/USER, so an
+// operator never edits YAML to let someone in.
+func keysCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("keys add", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config.yaml", "config file")
+	if len(args) == 0 || args[0] != "add" || fs.Parse(args[1:]) != nil || fs.NArg() != 2 {
+		fmt.Fprintln(stderr, usage)
+		return exitUsage
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: %v\n", err)
+		return exitUsage
+	}
+	user, file := fs.Arg(0), fs.Arg(1)
+	var data []byte
+	if file == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(file)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: %v\n", err)
+		return exitFailed
+	}
+	book := keys.New(cfg)
+	added := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		e, err := book.Add(user, line)
+		if err != nil {
+			fmt.Fprintf(stderr, "berth: keys add: %v\n", err)
+			return exitFailed
+		}
+		added++
+		fmt.Fprintf(stdout, "added %s for %s to %s; it counts at the next login\n", ssh.FingerprintSHA256(e.Key), user, e.Source)
+	}
+	if added == 0 {
+		fmt.Fprintf(stderr, "berth: keys add: %s holds no key\n", file)
+		return exitFailed
+	}
+	return exitOK
 }
