@@ -20,8 +20,8 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"syscall"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
