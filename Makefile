@@ -28,6 +28,8 @@ run: build base-image
 	./bin/berth serve --config config.yaml
 
 test: test-deps base-image
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 25m ./...
 
