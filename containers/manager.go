@@ -1,13 +1,15 @@
 // Package containers is berth's use of Docker: the environment image, each
 // user's persistent container, and the way into it.
 //
-// Every user has one container, berth-<user>, made from the shared
-// environment image and kept between connections. Its main process is
-// berth's agent (see package agent) under Docker's init; Open returns a
-// connection to that agent, building the image and creating or starting
-// the container first when needed.
+// Every user has a container, berth-<user> (and berth-<user>-NAME for a
+// login alice+NAME), made from an environment image and kept between
+// connections. Its main process is berth's agent (see package agent) under
+// Docker's init; Open returns a connection to that agent, building the
+// image and creating or starting the container first when needed. The
+// lifecycle verbs (Start, Stop, Rebuild, Rollback, Prune, ...) and the GPU
+// leases live here too.
 //
-//	m, err := containers.New(ctx, cfg, logger)
+//	m, err := containers.New(cfg, gpus.Open(nvml.New(), logger), logger)
 //	conn, err := m.Open(ctx, containers.Ref{User: user}, progress)
 package containers
 
