@@ -205,7 +205,7 @@ func (s *Session) program(req *ssh.Request) (program, bool) {
 	return prog, true
 }
 
-// handle answers every request except shell and exec.
+// handle answers every request except shell, exec and subsystem.
 func (s *Session) handle(req *ssh.Request) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
