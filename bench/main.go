@@ -1,8 +1,8 @@
 // Command bench is berth's benchmark suite: it measures berth side by side
 // with what it stands in for, on the same machine, in one run.
 //
-//	go run ./bench            # full run: 30 connects, 3 × 1 GiB per transfer
-//	go run ./bench --quick    # 10 connects, 1 × 256 MiB per transfer
+//	go run ./bench            # full run: 30 connects, 3 × 1 GiB per transfer, 200 idle sessions
+//	go run ./bench --quick    # 10 connects, 1 × 256 MiB per transfer, 50 idle sessions
 //
 // It builds berth and berth-agent from this checkout, serves one user on
 // the loopback with the slim test environment (testdata/env), and starts
@@ -12,7 +12,13 @@
 //
 //   - warm connect: `ssh host true`, against sshd and against
 //     `docker exec berth-<user> true`;
-//   - stdout throughput without a PTY: `ssh host 'head -c N /dev/zero'`;
+//   - cold connect: `ssh host true` to a stopped container, against
+//     `docker start berth-<user>`;
+//   - shell prompt: `ssh -tt host` to the first prompt, against sshd;
+//   - scale, berth alone: its memory per idle login shell, and the p99 of
+//     connects while they are open;
+//   - stdout throughput without a PTY, `ssh host 'head -c N /dev/zero'`,
+//     and on one, `ssh -tt`;
 //   - port-forward throughput through `ssh -N -L` to a sink that counts;
 //   - SFTP put and get of one file.
 //
@@ -44,12 +50,16 @@ import (
 type plan struct {
 	connects int   // timed connects per way in
 	size     int64 // bytes per throughput transfer
+	ptySize  int64 // bytes per transfer on a PTY, which is slower
 	reps     int   // transfers per target and throughput row
+	cold     int   // cold connects, and container starts
+	prompts  int   // shell prompts per target
+	idle     int   // concurrent idle sessions for the scale rows
 }
 
 var (
-	fullPlan  = plan{connects: 30, size: 1 << 30, reps: 3}
-	quickPlan = plan{connects: 10, size: 256 << 20, reps: 1}
+	fullPlan  = plan{connects: 30, size: 1 << 30, ptySize: 256 << 20, reps: 3, cold: 5, prompts: 10, idle: 200}
+	quickPlan = plan{connects: 10, size: 256 << 20, ptySize: 64 << 20, reps: 1, cold: 2, prompts: 3, idle: 50}
 )
 
 // began is when the run started, for progress lines.
@@ -99,6 +109,21 @@ func run(ctx context.Context, p plan, mode string) error {
 	if err != nil {
 		return err
 	}
+	cold, err := coldConnectRow(ctx, l, p.cold)
+	if err != nil {
+		return err
+	}
+	prompt, err := shellPromptRow(ctx, l, p.prompts)
+	if err != nil {
+		return err
+	}
+	// Before the transfers, which grow berth's heap with their buffers.
+	scale, err := scaleRows(ctx, l, p.idle, 20, rows[0].berth)
+	if err != nil {
+		return err
+	}
+	rows = append(rows, cold, prompt)
+	rows = append(rows, scale...)
 	for _, tr := range transfers {
 		r, err := compare(ctx, l, p, tr)
 		if err != nil {

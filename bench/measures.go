@@ -61,20 +61,26 @@ func connectRows(ctx context.Context, l *lab, n int) ([]row, error) {
 type transfer struct {
 	name string
 	once func(ctx context.Context, l *lab, t target, size int64) (time.Duration, error)
+	pty  bool // moves plan.ptySize bytes instead of plan.size
 }
 
 // transfers are the throughput rows, in the order they run. The SFTP get
 // reads the file the put wrote.
 var transfers = []transfer{
-	{"stdout, no PTY", stdoutOnce},
-	{"port forward, ssh -L", forwardOnce},
-	{"sftp put", sftpPut},
-	{"sftp get", sftpGet},
+	{"stdout, no PTY", stdoutOnce, false},
+	{"stdout on a PTY, ssh -tt", stdoutPTYOnce, true},
+	{"port forward, ssh -L", forwardOnce, false},
+	{"sftp put", sftpPut, false},
+	{"sftp get", sftpGet, false},
 }
 
 // compare runs tr p.reps times on each target, alternating which goes
 // first, and returns the row of median throughputs.
 func compare(ctx context.Context, l *lab, p plan, tr transfer) (row, error) {
+	size := p.size
+	if tr.pty {
+		size = p.ptySize
+	}
 	times := map[string][]time.Duration{}
 	for rep := range p.reps {
 		order := l.targets()
@@ -82,22 +88,22 @@ func compare(ctx context.Context, l *lab, p plan, tr transfer) (row, error) {
 			slices.Reverse(order)
 		}
 		for _, t := range order {
-			d, err := tr.once(ctx, l, t, p.size)
+			d, err := tr.once(ctx, l, t, size)
 			if err != nil {
 				return row{}, fmt.Errorf("%s, %s: %w", tr.name, t.name, err)
 			}
 			// An SFTP put leaves a GiB of dirty pages; written back
 			// later, they would slow whichever transfer came next.
 			syscall.Sync()
-			progress("%s, %s, %d/%d: %d MiB in %.2fs, %.0f MiB/s", tr.name, t.name, rep+1, p.reps, p.size>>20, d.Seconds(), mibs(p.size, d))
+			progress("%s, %s, %d/%d: %d MiB in %.2fs, %.0f MiB/s", tr.name, t.name, rep+1, p.reps, size>>20, d.Seconds(), mibs(size, d))
 			times[t.name] = append(times[t.name], d)
 		}
 	}
 	return row{
 		name:  tr.name,
 		unit:  "MiB/s",
-		berth: mibs(p.size, median(times[l.berth.name])),
-		peer:  mibs(p.size, median(times[l.sshd.name])),
+		berth: mibs(size, median(times[l.berth.name])),
+		peer:  mibs(size, median(times[l.sshd.name])),
 		goal:  ratioAtLeast(0.9),
 	}, nil
 }
@@ -106,12 +112,36 @@ func compare(ctx context.Context, l *lab, p plan, tr transfer) (row, error) {
 // its stdout to EOF. The time runs from the first byte to EOF, so the
 // connection's setup is not in it.
 func stdoutOnce(ctx context.Context, l *lab, t target, size int64) (time.Duration, error) {
-	cmd := l.ssh(ctx, t, nil, "head -c "+strconv.FormatInt(size, 10)+" /dev/zero")
+	return readStdout(ctx, l, t, false, size)
+}
+
+// stdoutPTYOnce is stdoutOnce on a PTY (`ssh -tt`).
+func stdoutPTYOnce(ctx context.Context, l *lab, t target, size int64) (time.Duration, error) {
+	return readStdout(ctx, l, t, true, size)
+}
+
+// readStdout runs `head -c size /dev/zero` on t, on a PTY if pty, and
+// reads its stdout to EOF, timing from the first byte to EOF. On a PTY
+// the client's stdin is a pipe held open until the end, so that no EOF
+// reaches the terminal early.
+func readStdout(ctx context.Context, l *lab, t target, pty bool, size int64) (time.Duration, error) {
+	var opts []string
+	if pty {
+		opts = []string{"-tt"}
+	}
+	cmd := l.ssh(ctx, t, opts, "head -c "+strconv.FormatInt(size, 10)+" /dev/zero")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return 0, err
+	}
+	if pty {
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return 0, err
+		}
+		defer stdin.Close()
 	}
 	if err := cmd.Start(); err != nil {
 		return 0, err

@@ -129,6 +129,12 @@ type User struct {
 	Sudo *bool `yaml:"sudo"`
 	// Forwarding overrides the global forwarding setting for this user.
 	Forwarding *bool `yaml:"forwarding"`
+	// Environment gives this user an environment of their own (a
+	// Dockerfile and build args) instead of the global one.
+	Environment *Environment `yaml:"environment"`
+	// Image gives this user an existing local image, used as it is. It
+	// needs /bin/sh and a writable /etc; bash and sudo are optional.
+	Image string `yaml:"image"`
 	// Resources override the global limits, field by field.
 	Resources `yaml:",inline"`
 	// Mounts are added to the global mounts.
@@ -463,6 +469,12 @@ func (c *Config) setDefaults() {
 			c.Environments[name] = env
 		}
 	}
+	for i, u := range c.Users {
+		if u.Environment != nil && u.Environment.Dockerfile != "" {
+			u.Environment.Dockerfile = c.Path(u.Environment.Dockerfile)
+			c.Users[i] = u
+		}
+	}
 	if c.Forwarding == nil {
 		c.Forwarding = ptr(true)
 	}
@@ -574,6 +586,12 @@ func (c *Config) Validate() error {
 		}
 		if u.GID != nil && u.UID == nil {
 			return fmt.Errorf("%s.gid: set uid too, or neither", key)
+		}
+		if u.Image != "" && u.Environment != nil {
+			return fmt.Errorf("%s.image: set image or environment, not both", key)
+		}
+		if strings.ContainsAny(u.Image, " \t\n") {
+			return fmt.Errorf("%s.image: %q is not an image name", key, u.Image)
 		}
 		if err := checkResources(key+".", u.Resources); err != nil {
 			return err

@@ -17,7 +17,8 @@ import (
 	"github.com/berth-ssh/berth/environment"
 )
 
-// ensureImage builds env's image unless it exists.
+// ensureImage builds env's image unless it exists. A prebuilt image must
+// exist already: there is no registry to pull it from.
 func (m *Manager) ensureImage(ctx context.Context, env *environment.Environment, progress io.Writer) error {
 	if _, err := m.docker.ImageInspect(ctx, env.Tag()); err == nil {
 		return nil
@@ -28,8 +29,14 @@ func (m *Manager) ensureImage(ctx context.Context, env *environment.Environment,
 }
 
 // buildShared builds env's image; concurrent callers share one build and
-// all see its output.
+// all see its output. A prebuilt image is only checked.
 func (m *Manager) buildShared(ctx context.Context, env *environment.Environment, noCache bool, progress io.Writer) error {
+	if env.Image != "" {
+		if _, err := m.docker.ImageInspect(ctx, env.Image); err != nil {
+			return &Failure{Msg: "the image " + env.Image + " your configuration names is not on this host", Err: err}
+		}
+		return nil
+	}
 	return m.builds.do(ctx, m.base, env.Tag(), progress, func(ctx context.Context, progress io.Writer) error {
 		return m.build(ctx, env, noCache, progress)
 	})

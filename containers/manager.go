@@ -100,6 +100,16 @@ func New(cfg *config.Config, inv *gpus.Inventory, log *slog.Logger) (*Manager, e
 			return nil, fmt.Errorf("environments.%s: %w", name, err)
 		}
 	}
+	for _, u := range cfg.Users {
+		switch {
+		case u.Image != "":
+			envs["user:"+u.Name] = environment.Prebuilt(u.Image)
+		case u.Environment != nil:
+			if envs["user:"+u.Name], err = environment.Load(u.Environment.Dockerfile, u.Environment.BuildArgs); err != nil {
+				return nil, fmt.Errorf("users %s: environment: %w", u.Name, err)
+			}
+		}
+	}
 	opts := []client.Opt{client.FromEnv}
 	if cfg.DockerHost != "" {
 		opts = append(opts, client.WithHost(cfg.DockerHost))
@@ -160,33 +170,56 @@ func (r Ref) Login() string {
 func Name(user string) string { return "berth-" + user }
 
 // environment is the environment ref's container is made from: the one
-// named like its instance, else the default.
+// named like its instance, else the user's own, else the default.
 func (m *Manager) environment(r Ref) *environment.Environment {
+	key, _, _ := m.envSource(r)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if e, ok := m.envs[r.Instance]; ok {
+	if e, ok := m.envs[key]; ok {
 		return e
 	}
 	return m.env
 }
 
+// envSource says where r's environment comes from: its key in m.envs
+// ("" for the default), and the config that makes it, or a prebuilt
+// image.
+func (m *Manager) envSource(r Ref) (key string, conf config.Environment, image string) {
+	if e, ok := m.cfg.Environments[r.Instance]; ok && r.Instance != "" {
+		return r.Instance, e, ""
+	}
+	switch {
+	case r.User.Image != "":
+		return "user:" + r.User.Name, config.Environment{}, r.User.Image
+	case r.User.Environment != nil:
+		return "user:" + r.User.Name, *r.User.Environment, ""
+	}
+	return "", m.cfg.Environment, ""
+}
+
+// loadEnvironment reads r's environment from disk.
+func (m *Manager) loadEnvironment(r Ref) (string, *environment.Environment, error) {
+	key, conf, image := m.envSource(r)
+	if image != "" {
+		return key, environment.Prebuilt(image), nil
+	}
+	env, err := environment.Load(conf.Dockerfile, conf.BuildArgs)
+	return key, env, err
+}
+
 // reloadEnvironment reads r's environment from disk again, so that a
 // rebuild picks up an edited Dockerfile; containers made later use it too.
 func (m *Manager) reloadEnvironment(r Ref) (*environment.Environment, error) {
-	conf, named := m.cfg.Environments[r.Instance]
-	if !named {
-		conf = m.cfg.Environment
-	}
-	env, err := environment.Load(conf.Dockerfile, conf.BuildArgs)
+	key, env, err := m.loadEnvironment(r)
 	if err != nil {
 		return nil, &Failure{Msg: "the environment's Dockerfile cannot be read", Err: err}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if named {
-		m.envs[r.Instance] = env
-	} else {
+	if key == "" {
 		m.env = env
+	} else {
+		m.envs[key] = env
 	}
 	return env, nil
 }

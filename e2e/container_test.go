@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -377,5 +378,34 @@ ulimit -l`)
 	}
 	if out := g.runOK(alice, "status"); !strings.Contains(out, "memory 512.0 MiB, cpus 0.5, /dev/shm 1.0 GiB, processes 300") {
 		t.Fatalf("status does not show the limits:\n%s", out)
+	}
+}
+
+// A user's image: is used as it is. An image with neither bash nor sudo
+// still works: the user gets /bin/sh.
+func TestAUsersOwnImageWithoutBashOrSudo(t *testing.T) {
+	t.Parallel()
+	alice, bob := newUser(t, "alice"), newUser(t, "bob")
+	tag := "berth-test-minimal:" + nonce()
+	build := exec.Command("docker", "build", "-q", "-t", tag, "-")
+	build.Stdin = strings.NewReader("FROM " + baseImage + "\nRUN rm -f /bin/bash /usr/bin/bash\n")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("docker build: %v\n%s", err, out)
+	}
+	testImages.Store(tag, true)
+	own := dockerfile(t, "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo bobs > /etc/whose-env\n")
+	g := startGateway(t, options{extra: "users:\n" +
+		"  - name: " + alice.name + "\n    uid: 3000\n    authorized_keys: [\"" + alice.pub + "\"]\n    image: " + tag + "\n" +
+		"  - name: " + bob.name + "\n    uid: 3001\n    authorized_keys: [\"" + bob.pub + "\"]\n" +
+		"    environment: {dockerfile: " + own + ", build_args: {BASE_IMAGE: " + baseImage + "}}\n"})
+	out := g.runOK(alice, "echo $SHELL; id -un; command -v bash sudo || echo neither")
+	if out != "/bin/sh\n"+alice.name+"\nneither\n" {
+		t.Fatalf("minimal image: %q", out)
+	}
+	if img := inspect(t, alice).Container.Config.Image; img != tag {
+		t.Fatalf("alice's container runs %s, want %s", img, tag)
+	}
+	if out := g.runOK(bob, "cat /etc/whose-env"); out != "bobs\n" {
+		t.Fatalf("bob's own environment: %q", out)
 	}
 }

@@ -236,6 +236,11 @@ func recordTestImages(cfg *config.Config, users []user) {
 	for _, e := range cfg.Environments {
 		envs = append(envs, e)
 	}
+	for _, u := range cfg.Users {
+		if u.Environment != nil {
+			envs = append(envs, *u.Environment)
+		}
+	}
 	for _, e := range envs {
 		if env, err := environment.Load(e.Dockerfile, e.BuildArgs); err == nil && !shared[env.Tag()] {
 			testImages.Store(env.Tag(), true)
@@ -272,7 +277,9 @@ func gatewayConfig(t *testing.T, o options, users ...user) (*config.Config, stri
 	for k, v := range o.buildArgs {
 		fmt.Fprintf(&b, "    %s: %q\n", k, v)
 	}
-	b.WriteString("users:\n")
+	if len(users) > 0 {
+		b.WriteString("users:\n")
+	}
 	for i, u := range users {
 		fmt.Fprintf(&b, "  - name: %s\n    uid: %d\n    authorized_keys: [%q]\n", u.name, 3000+i, u.pub)
 		if o.userYAML != "" {

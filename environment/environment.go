@@ -42,6 +42,9 @@ type Environment struct {
 	Args map[string]string
 	// Dockerfile is the Dockerfile's name within the context.
 	Dockerfile string
+	// Image, when set, is an existing local image used as it is: there is
+	// nothing to build.
+	Image string
 
 	files []file
 }
@@ -97,9 +100,17 @@ func fromFS(name string, fsys fs.FS, dockerfile string, args map[string]string) 
 	return env, nil
 }
 
+// Prebuilt is an environment that is an existing local image, used as it
+// is (a user's image: setting).
+func Prebuilt(image string) *Environment { return &Environment{Name: image, Image: image} }
+
 // Tag is the image tag for this environment: a hash of every file in the
-// context and every build arg, so any change to them means a new image.
+// context and every build arg, so any change to them means a new image; or
+// a prebuilt environment's own image.
 func (e *Environment) Tag() string {
+	if e.Image != "" {
+		return e.Image
+	}
 	h := sha256.New()
 	fmt.Fprintf(h, "berth-environment-v1 %q\n", e.Dockerfile)
 	for _, f := range e.files {
