@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -87,6 +88,17 @@ type Config struct {
 	// KeepaliveCountMax is how many unanswered checks drop a client.
 	// Default 3.
 	KeepaliveCountMax int `yaml:"keepalive_count_max"`
+	// MaxStartups caps connections that have not logged in yet, as
+	// OpenSSH's option of that name: "start:rate:full" drops rate% of new
+	// ones past start, rising to all of them at full. Default "10:30:100".
+	MaxStartups string `yaml:"max_startups"`
+	// Penalty turns away a source whose connection offered a wrong key
+	// and never logged in, for this long, doubling on each repeat up to
+	// PenaltyMax; 0s turns penalties off. Default 5s and 10m.
+	Penalty    *Duration `yaml:"penalty"`
+	PenaltyMax Duration  `yaml:"penalty_max"`
+	// PenaltyExempt are addresses or CIDR prefixes never penalised.
+	PenaltyExempt []string `yaml:"penalty_exempt"`
 	// ShutdownGrace is how long SIGTERM lets open sessions drain before
 	// berth closes them. Containers keep running either way. Default 30s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
@@ -278,6 +290,36 @@ func checkResources(key string, r Resources) error {
 		return fmt.Errorf("%spids_limit: must not be negative", key)
 	}
 	return nil
+}
+
+// ParseStartups reads max_startups: "start:rate:full", or one number.
+func ParseStartups(spec string) (start, rate, full int, err error) {
+	parts := strings.Split(spec, ":")
+	nums := make([]int, len(parts))
+	for i, p := range parts {
+		if nums[i], err = strconv.Atoi(p); err != nil || nums[i] < 0 {
+			return 0, 0, 0, fmt.Errorf("%q is not start:rate:full or a number", spec)
+		}
+	}
+	switch {
+	case len(nums) == 1 && nums[0] > 0:
+		return nums[0], 100, nums[0], nil
+	case len(nums) == 3 && nums[0] > 0 && nums[0] <= nums[2] && nums[1] <= 100:
+		return nums[0], nums[1], nums[2], nil
+	}
+	return 0, 0, 0, fmt.Errorf("%q is not start:rate:full (0 < start <= full, rate <= 100) or a number", spec)
+}
+
+// ParsePrefix reads an address or a CIDR prefix.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or a CIDR prefix", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // Duration is a time.Duration written as "30s" or "5m".
@@ -475,6 +517,15 @@ func (c *Config) setDefaults() {
 			c.Users[i] = u
 		}
 	}
+	if c.MaxStartups == "" {
+		c.MaxStartups = "10:30:100"
+	}
+	if c.Penalty == nil {
+		c.Penalty = ptr(Duration(5 * time.Second))
+	}
+	if c.PenaltyMax == 0 {
+		c.PenaltyMax = Duration(10 * time.Minute)
+	}
 	if c.Forwarding == nil {
 		c.Forwarding = ptr(true)
 	}
@@ -522,6 +573,17 @@ func (c *Config) Validate() error {
 	}
 	if *c.KeepaliveInterval < 0 {
 		return errors.New("keepalive_interval: must not be negative (0 turns keepalives off)")
+	}
+	if _, _, _, err := ParseStartups(c.MaxStartups); err != nil {
+		return fmt.Errorf("max_startups: %w", err)
+	}
+	if *c.Penalty < 0 || c.PenaltyMax < 0 {
+		return errors.New("penalty: must not be negative")
+	}
+	for i, e := range c.PenaltyExempt {
+		if _, err := ParsePrefix(e); err != nil {
+			return fmt.Errorf("penalty_exempt[%d]: %w", i, err)
+		}
 	}
 	if c.KeepaliveCountMax < 1 {
 		return fmt.Errorf("keepalive_count_max: %d must be at least 1", c.KeepaliveCountMax)

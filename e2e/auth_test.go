@@ -192,3 +192,52 @@ func TestAKeyWithAnOptionBerthCannotEnforceIsRefused(t *testing.T) {
 		t.Fatalf("no log line:\n%s", g.logs)
 	}
 }
+
+func TestAWrongKeyEarnsItsSourceAPenaltyButAProbeDoesNot(t *testing.T) {
+	t.Parallel()
+	alice, mallory := newUser(t, "alice"), newUser(t, "mallory")
+	g := startGateway(t, options{penalties: true, extra: "penalty: 2s\n"}, alice)
+	// A port probe, as a health check makes, is no failed login.
+	if c, err := net.Dial("tcp", g.addr); err == nil {
+		c.Close()
+	}
+	g.runOK(alice, "true")
+
+	if r := run(t, g.ssh(mallory, nil, "true"), ""); r.code != 255 {
+		t.Fatal("an unknown user got in")
+	}
+	r := run(t, g.ssh(alice, nil, "true"), "")
+	if r.code != 255 || strings.Contains(r.stderr, "Permission denied") {
+		t.Fatalf("right after a wrong key, the source was not turned away: exit %d %q", r.code, r.stderr)
+	}
+	if g.logs.count("connection turned away", "penalised for failed logins") == 0 {
+		t.Fatalf("no log line for the penalty:\n%s", g.logs)
+	}
+	waitFor(t, "the penalty to pass", 15*time.Second, func() bool {
+		return run(t, g.ssh(alice, nil, "true"), "").code == 0
+	})
+}
+
+func TestMaxStartupsCapsConnectionsThatHaveNotLoggedIn(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	g := startGateway(t, options{extra: "max_startups: \"2\"\n"}, alice)
+	g.runOK(alice, "true")
+	var idle []net.Conn
+	for range 2 { // connections that never say a word
+		c, err := net.Dial("tcp", g.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	waitFor(t, "the idle connections to count", 10*time.Second, func() bool {
+		return run(t, g.ssh(alice, nil, "true"), "").code == 255 && g.logs.count("max_startups full") > 0
+	})
+	for _, c := range idle {
+		c.Close()
+	}
+	waitFor(t, "room again", 10*time.Second, func() bool {
+		return run(t, g.ssh(alice, nil, "true"), "").code == 0
+	})
+}

@@ -180,6 +180,10 @@ type options struct {
 	listen string
 	// nvml replaces the real NVML (which finds no GPU here) with a mock.
 	nvml nvml.Interface
+	// penalties leaves loopback subject to failed-login penalties, which
+	// other tests exempt so that one test's wrong key cannot lock out the
+	// next connection.
+	penalties bool
 }
 
 // startGateway runs a gateway for users on 127.0.0.1:0, with the slim test
@@ -276,6 +280,9 @@ func gatewayConfig(t *testing.T, o options, users ...user) (*config.Config, stri
 	fmt.Fprintf(&b, "environment:\n  dockerfile: %s\n  build_args:\n    BASE_IMAGE: %s\n", o.dockerfile, baseImage)
 	for k, v := range o.buildArgs {
 		fmt.Fprintf(&b, "    %s: %q\n", k, v)
+	}
+	if !o.penalties {
+		b.WriteString("penalty_exempt: [127.0.0.0/8]\n")
 	}
 	if len(users) > 0 {
 		b.WriteString("users:\n")

@@ -61,6 +61,7 @@ type Server struct {
 	containers *containers.Manager
 	verbs      *verbs.Handler
 	registry   *sessions.Registry
+	admission  *admission
 	log        *slog.Logger
 	ssh        *ssh.ServerConfig
 
@@ -89,6 +90,7 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.L
 		containers: m,
 		verbs:      verbs.New(cfg, m, registry, log),
 		registry:   registry,
+		admission:  newAdmission(cfg),
 		log:        log,
 		listeners:  map[net.Listener]struct{}{},
 		conns:      map[net.Conn]struct{}{},
@@ -98,6 +100,11 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.L
 	s.ssh = &ssh.ServerConfig{
 		ServerVersion:     "SSH-2.0-berth",
 		PublicKeyCallback: s.authorize,
+		AuthLogCallback: func(meta ssh.ConnMetadata, method string, err error) {
+			if err != nil && method != "none" {
+				s.admission.refusedKey(meta.RemoteAddr())
+			}
+		},
 	}
 	for _, k := range signers {
 		s.ssh.AddHostKey(k)
@@ -152,7 +159,13 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		delay = 0
+		if ok, why := s.admission.admit(nc.RemoteAddr()); !ok {
+			s.log.Info("connection turned away", "source", nc.RemoteAddr().String(), "why", why)
+			nc.Close()
+			continue
+		}
 		if !s.trackConn(nc, true) {
+			s.admission.done(nc.RemoteAddr(), false)
 			nc.Close()
 			continue
 		}
@@ -178,6 +191,7 @@ func (s *Server) serveConn(nc net.Conn) {
 
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
+	s.admission.done(nc.RemoteAddr(), err == nil)
 	if err != nil {
 		// A port probe or health check that hangs up is not news.
 		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
