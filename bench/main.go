@@ -118,7 +118,7 @@ func run(ctx context.Context, p plan, mode string) error {
 		return err
 	}
 	// Before the transfers, which grow berth's heap with their buffers.
-	scale, err := scaleRows(ctx, l, p.idle, 20, rows[0].berth)
+	scale, err := scaleRows(ctx, l, p.idle, 10, rows[0].berth)
 	if err != nil {
 		return err
 	}

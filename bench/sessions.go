@@ -62,6 +62,7 @@ type shell struct {
 	stdin  io.WriteCloser
 	prompt chan error // one value: nil once a prompt appeared, or why not
 	done   chan struct{}
+	seen   string // the output's end when the prompt appeared
 }
 
 // openShell starts `ssh -tt` to t and reads its output in the background,
@@ -94,6 +95,7 @@ func (l *lab) openShell(ctx context.Context, t target) (*shell, error) {
 				seen = append(seen, buf[:k]...)
 				if bytes.Contains(seen, []byte("$ ")) || bytes.Contains(seen, []byte("# ")) {
 					found = true
+					s.seen = string(seen[max(0, len(seen)-40):])
 					s.prompt <- nil
 				}
 			}
@@ -163,6 +165,9 @@ func shellPromptRow(ctx context.Context, l *lab, n int) (row, error) {
 			if err != nil {
 				return row{}, fmt.Errorf("shell prompt, %s: %w", t.name, err)
 			}
+			if i == 0 {
+				progress("shell prompt, %s: output ends %q", t.name, s.seen)
+			}
 			times[t.name] = append(times[t.name], took)
 		}
 	}
@@ -174,8 +179,10 @@ func shellPromptRow(ctx context.Context, l *lab, n int) (row, error) {
 		berth: ms(median(times[l.berth.name])), peer: ms(median(times[l.sshd.name])), goal: ratioAtMost(1)}, nil
 }
 
-// scaleRows opens n idle login shells on berth, batch at a time, each
-// waiting at its prompt, and reports berth's resident memory per session
+// scaleRows opens n idle login shells on berth, batch at a time (no more
+// than berth's max_startups start, 10 by default, so that none is refused
+// for authenticating alongside too many others), each waiting at its
+// prompt, and reports berth's resident memory per session
 // and the p99 of 20 `ssh host true` connects while they are open, against
 // warm, the warm-connect median. Every shell is killed before it returns.
 func scaleRows(ctx context.Context, l *lab, n, batch int, warm float64) ([]row, error) {
@@ -184,7 +191,9 @@ func scaleRows(ctx context.Context, l *lab, n, batch int, warm float64) ([]row, 
 	if err != nil {
 		return nil, err
 	}
-	progress("scale: opening %d idle ssh -tt sessions on berth, %d at a time (berth RSS %d KiB)", n, batch, before)
+	procs := l.containerProcs(ctx)
+	progress("scale: opening %d idle ssh -tt sessions on berth, %d at a time (berth RSS %d KiB, %d processes in %s)",
+		n, batch, before, procs, l.container)
 	var open []*shell
 	defer func() {
 		var wg sync.WaitGroup
@@ -192,13 +201,14 @@ func scaleRows(ctx context.Context, l *lab, n, batch int, warm float64) ([]row, 
 			wg.Go(s.kill)
 		}
 		wg.Wait()
-		progress("scale: killed %d sessions", len(open))
+		time.Sleep(time.Second)
+		progress("scale: killed %d sessions; %d processes left in %s", len(open), l.containerProcs(ctx), l.container)
 	}()
-	failed := 0
+	ok, failed := 0, 0
 	var firstErr error
-	for len(open)+failed < n {
+	for len(open) < n {
 		var started []*shell
-		for range min(batch, n-len(open)-failed) {
+		for range min(batch, n-len(open)) {
 			s, err := l.openShell(ctx, l.berth)
 			if err != nil {
 				return nil, err
@@ -213,18 +223,19 @@ func scaleRows(ctx context.Context, l *lab, n, batch int, warm float64) ([]row, 
 		wg.Wait()
 		for i, s := range started {
 			open = append(open, s) // a failed one is killed too
-			if errs[i] != nil {
-				failed++
-				if firstErr == nil {
-					firstErr = errs[i]
-				}
+			if errs[i] == nil {
+				ok++
+				continue
+			}
+			failed++
+			if firstErr == nil {
+				firstErr = errs[i]
 			}
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 	}
-	ok := n - failed
 	progress("scale: %d sessions at a prompt, %d failed", ok, failed)
 	if firstErr != nil {
 		progress("scale: first failure: %v", firstErr)
@@ -238,7 +249,8 @@ func scaleRows(ctx context.Context, l *lab, n, batch int, warm float64) ([]row, 
 		return nil, err
 	}
 	perSession := float64(after-before) / float64(ok)
-	progress("scale: berth RSS %d KiB → %d KiB, %.1f KiB per session", before, after, perSession)
+	progress("scale: berth RSS %d KiB → %d KiB, %.1f KiB per session; %d processes in %s",
+		before, after, perSession, l.containerProcs(ctx), l.container)
 
 	var times []time.Duration
 	for range 20 {
@@ -287,4 +299,14 @@ func vmRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS in /proc/" + strconv.Itoa(pid) + "/status")
+}
+
+// containerProcs is the number of processes in the user's container, from
+// `docker top`, or -1 if that fails. It is for progress lines only.
+func (l *lab) containerProcs(ctx context.Context) int {
+	out, err := exec.CommandContext(ctx, "docker", "top", l.container).Output()
+	if err != nil {
+		return -1
+	}
+	return strings.Count(strings.TrimSpace(string(out)), "\n") // less the header
 }
