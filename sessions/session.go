@@ -437,7 +437,7 @@ func (s *Session) runTTY(ctx context.Context, conn *net.UnixConn, spec agent.Spa
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		io.Copy(s.ch, master) // ends with EIO once no process holds the terminal
+		tunnels.Copy(s.ch, ttyReader{master}) // ends with EIO once no process holds the terminal
 	}()
 	select {
 	case <-copied:
