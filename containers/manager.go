@@ -705,19 +705,19 @@ type Failure struct {
 func (f *Failure) Error() string { return f.Msg + ": " + f.Err.Error() }
 func (f *Failure) Unwrap() error { return f.Err }
 
-// DockerDown is the user's sentence when the engine cannot be reached.
-const DockerDown = "the Docker engine is not reachable right now; try again in a minute, and tell your admin if it lasts"
+// dockerDown is the user's sentence when the engine cannot be reached.
+const dockerDown = "the Docker engine is not reachable right now; try again in a minute, and tell your admin if it lasts"
 
 // dockerFailure wraps a failed Docker call. When the engine itself is
 // unreachable that, not the call, is what the user is told.
 func (m *Manager) dockerFailure(ctx context.Context, msg string, err error) error {
 	if client.IsErrConnectionFailed(err) {
-		return &Failure{Msg: DockerDown, Err: err}
+		return &Failure{Msg: dockerDown, Err: err}
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if _, perr := m.docker.Ping(pctx, client.PingOptions{}); perr != nil {
-		return &Failure{Msg: DockerDown, Err: errors.Join(err, perr)}
+		return &Failure{Msg: dockerDown, Err: errors.Join(err, perr)}
 	}
 	return &Failure{Msg: msg, Err: err}
 }
