@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -117,6 +118,13 @@ func TestSIGTERMDrainsSessionsAndLeavesContainersRunning(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "shutting down") {
 		t.Fatalf("no shutdown log line:\n%s", logs)
+	}
+	// Not on a terminal, the log is JSON lines, one object each.
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var entry struct{ Time, Level, Msg string }
+		if err := json.Unmarshal([]byte(line), &entry); err != nil || entry.Msg == "" || entry.Level == "" {
+			t.Fatalf("not a JSON log line: %q", line)
+		}
 	}
 	if st := inspect(t, alice).Container.State; st == nil || !st.Running {
 		t.Fatal("berth's shutdown stopped the user's container")

@@ -23,6 +23,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/term"
 
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
@@ -42,7 +43,8 @@ const (
 )
 
 const usage = `usage:
-  berth serve [--config FILE]    run the gateway (default config: config.yaml)
+  berth serve [--config FILE] [--log-level L] [--log-format text|json|auto]
+                                 run the gateway (default config: config.yaml)
   berth check-config FILE        validate a config file
   berth gpus --local [--json]    this host's GPUs, read through NVML (no Docker needed)
   berth keys add [--config FILE] USER KEYFILE
@@ -63,6 +65,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.SetOutput(stderr)
 		path := fs.String("config", "config.yaml", "config file")
 		level := fs.String("log-level", "info", "debug, info, warn or error")
+		format := fs.String("log-format", "auto", "text, json, or auto: text on a terminal, JSON otherwise")
 		if err := fs.Parse(args[1:]); err != nil {
 			return exitUsage
 		}
@@ -76,7 +79,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "berth: %v\n", err)
 			return exitUsage
 		}
-		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+		log, err := newLogger(stderr, *format, lvl)
+		if err != nil {
+			fmt.Fprintf(stderr, "berth: --log-format: %v\n", err)
+			return exitUsage
+		}
 		if err := serve(cfg, log); err != nil {
 			log.Error("berth stopped", "err", err)
 			return exitFailed
@@ -126,6 +133,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
+}
+
+// newLogger makes berth's logger: text for a person at a terminal, JSON
+// lines for journald and log shippers.
+func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, error) {
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "text"
+		}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("%q is not text, json or auto", format)
 }
 
 // serve wires berth's parts together and runs the gateway until SIGTERM
