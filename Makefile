@@ -5,7 +5,10 @@ LDFLAGS := -X main.version=$(VERSION)
 # go-nvml's header marks calls deprecated that berth does not make.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build run test base-image test-deps clean
+PREFIX  ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all build install run test base-image test-deps clean
 
 all: build
 
@@ -13,6 +16,15 @@ all: build
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/berth ./cmd/berth
 	CGO_ENABLED=0 $(GO) build -ldflags '-s -w' -o bin/berth-agent ./cmd/berth-agent
+
+# berth and its agent side by side (berth finds the agent there), the
+# systemd unit, and a starting config unless one is there already.
+install: build
+	install -D -m 0755 bin/berth $(DESTDIR)$(PREFIX)/bin/berth
+	install -D -m 0755 bin/berth-agent $(DESTDIR)$(PREFIX)/bin/berth-agent
+	install -D -m 0644 deploy/berth.service $(DESTDIR)/etc/systemd/system/berth.service
+	test -e $(DESTDIR)/etc/berth/config.yaml || install -D -m 0644 deploy/config.yaml $(DESTDIR)/etc/berth/config.yaml
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now berth"
 
 # The local base image, made from Debian's packages (no registry needed).
 base-image:

@@ -173,3 +173,37 @@ func TestKeysAddTakesEffectWithoutARestart(t *testing.T) {
 		t.Fatalf("a bad key: %v %s", err, out)
 	}
 }
+
+// make install puts berth, its agent beside it, the systemd unit and a
+// starting config in place; the config validates and the unit passes
+// systemd-analyze verify where that exists.
+func TestMakeInstall(t *testing.T) {
+	t.Parallel()
+	dest := t.TempDir()
+	cmd := exec.Command("make", "install", "DESTDIR="+dest)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for _, f := range []string{"/usr/local/bin/berth", "/usr/local/bin/berth-agent", "/etc/systemd/system/berth.service", "/etc/berth/config.yaml"} {
+		if _, err := os.Stat(dest + f); err != nil {
+			t.Fatalf("make install did not place %s", f)
+		}
+	}
+	if out, err := exec.Command(dest+"/usr/local/bin/berth", "check-config", dest+"/etc/berth/config.yaml").CombinedOutput(); err != nil {
+		t.Fatalf("the installed config: %v %s", err, out)
+	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Log("no systemd-analyze here: the unit is installed but not verified")
+		return
+	}
+	out, _ := exec.Command(analyze, "verify", dest+"/etc/systemd/system/berth.service").CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		// The unit names the binary at its real path, which this test
+		// installed under DESTDIR instead.
+		if line != "" && !strings.Contains(line, "/usr/local/bin/berth is not executable") {
+			t.Errorf("systemd-analyze verify: %s", line)
+		}
+	}
+}
