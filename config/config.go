@@ -38,6 +38,9 @@ type Config struct {
 	// projects and vscode-server. It is kept mode 0700, owned by root.
 	// Default /var/lib/berth/users.
 	DataRoot string `yaml:"data_root"`
+	// HTTPListen is the address of the operators' HTTP endpoint
+	// (/healthz, /readyz); empty turns it off, the default.
+	HTTPListen string `yaml:"http_listen"`
 	// DockerHost is the Docker Engine's address. Default: $DOCKER_HOST, else
 	// unix:///var/run/docker.sock.
 	DockerHost string `yaml:"docker_host"`
@@ -561,6 +564,11 @@ func IsKeyPath(entry string) bool {
 func (c *Config) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
 		return fmt.Errorf("listen: %q is not a host:port address", c.Listen)
+	}
+	if c.HTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
+			return fmt.Errorf("http_listen: %q is not a host:port address", c.HTTPListen)
+		}
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state_dir: %q must be an absolute path", c.StateDir)

@@ -136,6 +136,12 @@ func New(cfg *config.Config, inv *gpus.Inventory, log *slog.Logger) (*Manager, e
 	return m, nil
 }
 
+// Ping reports whether the Docker engine answers now.
+func (m *Manager) Ping(ctx context.Context) error {
+	_, err := m.docker.Ping(ctx, client.PingOptions{})
+	return err
+}
+
 // Close cancels shared work in flight and closes the Docker client.
 func (m *Manager) Close() error {
 	m.cancel()

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,4 +208,42 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("systemd-analyze verify: %s", line)
 		}
 	}
+}
+
+// /readyz turns red while the Docker engine is cut off and green when it
+// comes back; /healthz stays green throughout.
+func TestReadyzFollowsTheDockerEngine(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	proxy := startDockerProxy(t)
+	httpPort := freePort(t)
+	_, path := gatewayConfig(t, options{listen: "127.0.0.1:" + freePort(t),
+		extra: "docker_host: unix://" + proxy.path + "\nhttp_listen: 127.0.0.1:" + httpPort + "\n"}, alice)
+	serve := exec.Command(berthBin(t), "serve", "--config", path)
+	var logs logBuffer
+	serve.Stderr = &logs
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { serve.Process.Kill(); serve.Wait() })
+	get := func(p string) (int, string) {
+		resp, err := http.Get("http://127.0.0.1:" + httpPort + p)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, "berth to be ready", 30*time.Second, func() bool { code, _ := get("/readyz"); return code == 200 })
+	proxy.cut()
+	waitFor(t, "/readyz to turn red", 30*time.Second, func() bool {
+		code, body := get("/readyz")
+		return code == 503 && strings.Contains(body, "Docker engine does not answer")
+	})
+	if code, _ := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz: %d while Docker is away", code)
+	}
+	proxy.restore(t)
+	waitFor(t, "/readyz to turn green again", 30*time.Second, func() bool { code, _ := get("/readyz"); return code == 200 })
 }

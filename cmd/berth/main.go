@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -30,6 +31,7 @@ import (
 	"github.com/berth-ssh/berth/gateway"
 	"github.com/berth-ssh/berth/gpus"
 	"github.com/berth-ssh/berth/keys"
+	"github.com/berth-ssh/berth/monitor"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -178,6 +180,16 @@ func serve(cfg *config.Config, log *slog.Logger) error {
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return err
+	}
+	if cfg.HTTPListen != "" {
+		hl, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("http_listen: %w", err)
+		}
+		hs := &http.Server{Handler: monitor.Handler(m, log), ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(hl)
+		defer hs.Close()
+		log.Info("health endpoint listening", "addr", hl.Addr().String())
 	}
 	log.Info("berth listening", "addr", l.Addr().String(), "version", version, "users", len(cfg.Users))
 
