@@ -20,9 +20,6 @@ import (
 // survive a restart of berth.
 const LabelGPUs = "berth.gpus"
 
-// GPUs returns the host's GPU snapshot.
-func (m *Manager) GPUs() (gpus.Snapshot, error) { return m.gpus.Read() }
-
 // Leases reads the running containers' GPU leases from their labels,
 // leaving out the container named except.
 func (m *Manager) Leases(ctx context.Context, except string) ([]gpus.Lease, error) {
@@ -56,29 +53,30 @@ func splitIDs(label string) []string {
 
 // allocateGPUs picks the GPUs r's container gets under its user's
 // policy, preferring previous. Too few free GPUs is a Failure naming who
-// holds them, or, with gpu_fallback: cpu, a warning and none.
-func (m *Manager) allocateGPUs(ctx context.Context, r Ref, previous []string, progress io.Writer) ([]string, error) {
+// holds them, or, with gpu_fallback: cpu, a warning and none. It also
+// returns the driver's CUDA version, from the same snapshot.
+func (m *Manager) allocateGPUs(ctx context.Context, r Ref, previous []string, progress io.Writer) (ids []string, cuda string, err error) {
 	snap, err := m.gpus.Read()
 	if err != nil {
-		return nil, &Failure{Msg: "berth could not read the GPUs", Err: err}
+		return nil, "", &Failure{Msg: "berth could not read the GPUs", Err: err}
 	}
 	count, exclusive, fallback := m.cfg.GPUPolicy(r.User)
 	var leases []gpus.Lease
 	if exclusive && count != 0 && snap.Available {
 		if leases, err = m.Leases(ctx, r.Name()); err != nil {
-			return nil, m.dockerFailure(ctx, "berth could not read the GPU leases", err)
+			return nil, "", m.dockerFailure(ctx, "berth could not read the GPU leases", err)
 		}
 	}
-	ids, err := gpus.Allocate(snap, leases, gpus.Policy{Count: count, Exclusive: exclusive, FallbackCPU: fallback}, previous)
+	ids, err = gpus.Allocate(snap, leases, gpus.Policy{Count: count, Exclusive: exclusive, FallbackCPU: fallback}, previous)
 	var short *gpus.NotEnough
 	if errors.As(err, &short) {
 		if short.CPUFallback {
 			fmt.Fprintf(progress, "berth: warning: %s; starting without GPUs (gpu_fallback: cpu).\n", short)
-			return nil, nil
+			return nil, snap.CUDA, nil
 		}
-		return nil, &Failure{Msg: "not enough free GPUs: " + short.Error(), Err: err}
+		return nil, "", &Failure{Msg: "not enough free GPUs: " + short.Error(), Err: err}
 	}
-	return ids, err
+	return ids, snap.CUDA, err
 }
 
 // gpuRequest is what a container's GPUs add to its create request. The
@@ -87,11 +85,10 @@ func (m *Manager) allocateGPUs(ctx context.Context, r Ref, previous []string, pr
 // CPU-only container gets "void". BERTH_TORCH_VARIANT (cu118 ... cu128, or
 // cpu) tells provisioning which PyTorch wheels match the host's driver;
 // it is set per container, never baked into the image.
-func (m *Manager) gpuRequest(ids []string) (env []string, requests []container.DeviceRequest) {
-	snap, _ := m.gpus.Read()
-	env = []string{"BERTH_TORCH_VARIANT=" + gpus.TorchVariant(snap.CUDA, len(ids))}
-	if snap.CUDA != "" {
-		env = append(env, "BERTH_CUDA_DRIVER="+snap.CUDA)
+func gpuRequest(ids []string, cuda string) (env []string, requests []container.DeviceRequest) {
+	env = []string{"BERTH_TORCH_VARIANT=" + gpus.TorchVariant(cuda, len(ids))}
+	if cuda != "" {
+		env = append(env, "BERTH_CUDA_DRIVER="+cuda)
 	}
 	if len(ids) == 0 {
 		return append(env, "NVIDIA_VISIBLE_DEVICES=void"), nil

@@ -569,11 +569,11 @@ func (s spec) hash() string {
 // labels, GPUs) is final here. The caller holds gpuMu.
 func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, image, previous string, prevGPUs []string, progress io.Writer) error {
 	name := r.Name()
-	gpuIDs, err := m.allocateGPUs(ctx, r, prevGPUs, progress)
+	gpuIDs, cuda, err := m.allocateGPUs(ctx, r, prevGPUs, progress)
 	if err != nil {
 		return err
 	}
-	gpuEnv, devices := m.gpuRequest(gpuIDs)
+	gpuEnv, devices := gpuRequest(gpuIDs, cuda)
 	fmt.Fprintf(progress, "berth: creating your container %s from %s with %s\n", name, s.Image, gpuWords(gpuIDs))
 	data, err := m.prepareData(a)
 	if err != nil {
