@@ -188,7 +188,7 @@ func setup() (*fixture, error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// As berth serve does; without a GPU the inventory is empty.
 	f.gpus = gpus.Open(nvml.New(), log)
-	f.mgr, err = containers.New(cfg, f.gpus, log)
+	f.mgr, err = containers.New(cfg, f.gpus, nil, log)
 	if err != nil {
 		return f, err
 	}

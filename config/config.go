@@ -39,7 +39,7 @@ type Config struct {
 	// Default /var/lib/berth/users.
 	DataRoot string `yaml:"data_root"`
 	// HTTPListen is the address of the operators' HTTP endpoint
-	// (/healthz, /readyz); empty turns it off, the default.
+	// (/healthz, /readyz, /metrics); empty turns it off, the default.
 	HTTPListen string `yaml:"http_listen"`
 	// DockerHost is the Docker Engine's address. Default: $DOCKER_HOST, else
 	// unix:///var/run/docker.sock.

@@ -60,18 +60,22 @@ func (m *Manager) build(ctx context.Context, env *environment.Environment, noCac
 		Labels:      map[string]string{LabelImage: tag},
 	})
 	if err != nil {
+		m.met.Build(false, time.Since(begin))
 		return m.dockerFailure(ctx, "the environment image could not be built", err)
 	}
 	defer res.Body.Close()
 	if err := streamBuild(res.Body, progress); err != nil {
+		m.met.Build(false, time.Since(begin))
 		m.log.Error("image build failed", "image", tag, "err", err)
 		return &Failure{Msg: "the environment image failed to build (the build output above says why)", Err: err}
 	}
 	// The stream ends without an error when the daemon dies mid-build; only
 	// an image that exists counts.
 	if _, err := m.docker.ImageInspect(ctx, tag); err != nil {
+		m.met.Build(false, time.Since(begin))
 		return m.dockerFailure(ctx, "the environment image build did not finish", err)
 	}
+	m.met.Build(true, time.Since(begin))
 	m.log.Info("image built", "image", tag, "took", since(begin))
 	fmt.Fprintf(progress, "berth: built %s in %s\n", tag, since(begin))
 	return nil

@@ -9,7 +9,7 @@
 // lifecycle verbs (Start, Stop, Rebuild, Rollback, Prune, ...) and the GPU
 // leases live here too.
 //
-//	m, err := containers.New(cfg, gpus.Open(nvml.New(), logger), logger)
+//	m, err := containers.New(cfg, gpus.Open(nvml.New(), logger), metrics.New(), logger)
 //	conn, err := m.Open(ctx, containers.Ref{User: user}, progress)
 package containers
 
@@ -41,6 +41,7 @@ import (
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/environment"
 	"github.com/berth-ssh/berth/gpus"
+	"github.com/berth-ssh/berth/metrics"
 )
 
 // Labels berth puts on what it creates.
@@ -68,6 +69,7 @@ type Manager struct {
 	env    *environment.Environment            // the default
 	envs   map[string]*environment.Environment // named, for alice+NAME
 	gpus   *gpus.Inventory
+	met    *metrics.Metrics
 	log    *slog.Logger
 	// base outlives sessions: builds and starts shared by several
 	// sessions run on it. It ends when the Manager is closed.
@@ -88,8 +90,8 @@ type Manager struct {
 // New checks the environment and the agent binary, and connects to Docker.
 // It does not need Docker to be up: a Docker engine that is down is
 // reported to each connecting user until it comes back. inv is the host's
-// GPUs (one with no driver gives CPU-only containers).
-func New(cfg *config.Config, inv *gpus.Inventory, log *slog.Logger) (*Manager, error) {
+// GPUs (one with no driver gives CPU-only containers); met may be nil.
+func New(cfg *config.Config, inv *gpus.Inventory, met *metrics.Metrics, log *slog.Logger) (*Manager, error) {
 	env, err := environment.Load(cfg.Environment.Dockerfile, cfg.Environment.BuildArgs)
 	if err != nil {
 		return nil, err
@@ -124,6 +126,7 @@ func New(cfg *config.Config, inv *gpus.Inventory, log *slog.Logger) (*Manager, e
 		env:      env,
 		envs:     envs,
 		gpus:     inv,
+		met:      met,
 		log:      log,
 		accounts: accounts{path: filepath.Join(cfg.StateDir, "uids.json")},
 		ready:    map[string]bool{},

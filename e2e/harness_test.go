@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,8 @@ import (
 	"github.com/berth-ssh/berth/gateway"
 	"github.com/berth-ssh/berth/gpus"
 	"github.com/berth-ssh/berth/keys"
+	"github.com/berth-ssh/berth/metrics"
+	"github.com/berth-ssh/berth/monitor"
 )
 
 var (
@@ -161,6 +164,9 @@ type gw struct {
 	cfgPath string
 	logs    *logBuffer
 	srv     *gateway.Server
+	// monitor is what http_listen would serve: /healthz, /readyz and
+	// /metrics.
+	monitor http.Handler
 }
 
 // options adjust a test gateway's config.
@@ -199,11 +205,14 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 		lib = nvml.New()
 	}
 	inv := gpus.Open(lib, log)
-	m, err := containers.New(cfg, inv, log)
+	met := metrics.New()
+	m, err := containers.New(cfg, inv, met, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := gateway.New(cfg, keys.New(cfg), m, log)
+	met.WatchGPUs(m.GPUReport)
+	book := keys.New(cfg)
+	srv, err := gateway.New(cfg, book, m, met, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +232,8 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 		}
 	})
 	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return &gw{t: t, addr: l.Addr().String(), port: port, cfg: cfg, cfgPath: cfgPath, logs: logs, srv: srv}
+	return &gw{t: t, addr: l.Addr().String(), port: port, cfg: cfg, cfgPath: cfgPath, logs: logs, srv: srv,
+		monitor: monitor.Handler(m, book, met, log)}
 }
 
 // recordTestImages notes the images a test's own environments make, and

@@ -4,7 +4,7 @@
 //
 // Like net/http's Server, it serves listeners and shuts down gracefully:
 //
-//	gw, err := gateway.New(cfg, keys.New(cfg), manager, logger)
+//	gw, err := gateway.New(cfg, keys.New(cfg), manager, metrics.New(), logger)
 //	go gw.Serve(listener)
 //	...
 //	gw.Shutdown(ctx) // stop accepting, let sessions drain until ctx ends
@@ -29,6 +29,7 @@ import (
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/keys"
+	"github.com/berth-ssh/berth/metrics"
 	"github.com/berth-ssh/berth/sessions"
 	"github.com/berth-ssh/berth/tunnels"
 	"github.com/berth-ssh/berth/verbs"
@@ -62,6 +63,7 @@ type Server struct {
 	verbs      *verbs.Handler
 	registry   *sessions.Registry
 	admission  *admission
+	met        *metrics.Metrics
 	log        *slog.Logger
 	ssh        *ssh.ServerConfig
 
@@ -77,8 +79,9 @@ type Server struct {
 	active    sync.WaitGroup
 }
 
-// New loads (or makes) the host keys and returns a gateway.
-func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.Logger) (*Server, error) {
+// New loads (or makes) the host keys and returns a gateway. met may be
+// nil.
+func New(cfg *config.Config, auth Authorizer, m *containers.Manager, met *metrics.Metrics, log *slog.Logger) (*Server, error) {
 	signers, err := loadHostKeys(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -91,6 +94,7 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.L
 		verbs:      verbs.New(cfg, m, registry, log),
 		registry:   registry,
 		admission:  newAdmission(cfg),
+		met:        met,
 		log:        log,
 		listeners:  map[net.Listener]struct{}{},
 		conns:      map[net.Conn]struct{}{},
@@ -101,7 +105,12 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, log *slog.L
 		ServerVersion:     "SSH-2.0-berth",
 		PublicKeyCallback: s.authorize,
 		AuthLogCallback: func(meta ssh.ConnMetadata, method string, err error) {
-			if err != nil && method != "none" {
+			// OpenSSH's client starts with "none" to learn the methods.
+			if method == "none" {
+				return
+			}
+			s.met.Auth(method, err == nil)
+			if err != nil {
 				s.admission.refusedKey(meta.RemoteAddr())
 			}
 		},
@@ -159,7 +168,9 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		delay = 0
-		if ok, why := s.admission.admit(nc.RemoteAddr()); !ok {
+		ok, why := s.admission.admit(nc.RemoteAddr())
+		s.met.Connection(ok)
+		if !ok {
 			s.log.Info("connection turned away", "source", nc.RemoteAddr().String(), "why", why)
 			nc.Close()
 			continue
@@ -189,7 +200,8 @@ func (s *Server) serveConn(nc net.Conn) {
 		}
 	}()
 
-	nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	accepted := time.Now()
+	nc.SetDeadline(accepted.Add(handshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	s.admission.done(nc.RemoteAddr(), err == nil)
 	if err != nil {
@@ -203,6 +215,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	nc.SetDeadline(time.Time{})
 	defer sconn.Close()
+	s.met.Phase(metrics.PhaseAuth, time.Since(accepted))
 
 	// Identity comes only from the permissions of the key that signed.
 	ext := sconn.Permissions.Extensions
@@ -220,7 +233,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	defer cancel(errors.New("connection closed"))
 	opener := userOpener{m: s.containers, ref: ref}
 	forwarding := s.cfg.ForwardingFor(user) && !opts.NoForwards
-	remote := tunnels.NewRemote(sconn, opener, log)
+	remote := tunnels.NewRemote(sconn, opener, s.met, log)
 	defer remote.Close()
 	var done sync.WaitGroup // everything this connection started
 	done.Go(func() { s.globalRequests(ctx, reqs, remote, forwarding) })
@@ -243,6 +256,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		AgentForwarding: s.cfg.ForwardingFor(user) && !opts.NoAgent,
 		NoPTY:           opts.NoPTY,
 		ForceCommand:    opts.Command,
+		Metrics:         s.met,
 	}
 	n := 0
 	for nch := range chans {
@@ -262,7 +276,7 @@ func (s *Server) serveConn(nc net.Conn) {
 				nch.Reject(ssh.Prohibited, "forwarding is turned off for you")
 				continue
 			}
-			done.Go(func() { tunnels.Direct(ctx, nch, opener, log) })
+			done.Go(func() { tunnels.Direct(ctx, nch, opener, s.met, log) })
 		default:
 			nch.Reject(ssh.UnknownChannelType, fmt.Sprintf("berth does not support %s channels", typ))
 		}

@@ -97,6 +97,31 @@ func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
 	return Entry{}, errors.Join(append([]error{ErrDenied}, problems...)...)
 }
 
+// Check reads every user's keys, as the next logins will, and reports
+// what fails to read or parse: a missing or unreadable key file, or a
+// line that is not a key. A user with no file in keys_dir is fine.
+// /readyz calls it, so a broken edit shows before someone is locked out.
+func (b *Book) Check() error {
+	var problems []error
+	for _, u := range b.cfg.Users {
+		if _, err := ReadFile(b.userFile(u.Name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			problems = append(problems, err)
+		}
+		for _, line := range u.AuthorizedKeys {
+			var err error
+			if config.IsKeyPath(line) {
+				_, err = ReadFile(b.cfg.Path(line))
+			} else if _, err = parseLine([]byte(line), "config"); err != nil {
+				err = fmt.Errorf("users %s: authorized_keys: %w", u.Name, err)
+			}
+			if err != nil {
+				problems = append(problems, err)
+			}
+		}
+	}
+	return errors.Join(problems...)
+}
+
 // userFile is the user's file in keys_dir. The name was validated as a
 // login name before any call reaches here.
 func (b *Book) userFile(user string) string { return filepath.Join(b.cfg.KeysDir, user) }

@@ -1,11 +1,14 @@
-// Package monitor is the HTTP endpoint operators and load balancers watch,
-// on its own listen address (http_listen, off by default):
+// Package monitor is the HTTP endpoint operators, load balancers and
+// Prometheus watch, on its own listen address (http_listen, off by
+// default):
 //
 //	GET /healthz   200 while the process serves
 //	GET /readyz    200 when berth can take a login now: the Docker engine
-//	               answers and the host keys are loaded; else 503 and why
+//	               answers, the host keys are loaded and every user's keys
+//	               read cleanly; else 503 and why
+//	GET /metrics   Prometheus metrics (package metrics)
 //
-//	srv := &http.Server{Addr: cfg.HTTPListen, Handler: monitor.Handler(m, log)}
+//	srv := &http.Server{Addr: cfg.HTTPListen, Handler: monitor.Handler(m, book, met, log)}
 package monitor
 
 import (
@@ -14,6 +17,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/berth-ssh/berth/metrics"
 )
 
 // Docker is what readiness needs from the container manager.
@@ -21,8 +26,15 @@ type Docker interface {
 	Ping(ctx context.Context) error
 }
 
-// Handler serves /healthz and /readyz.
-func Handler(d Docker, log *slog.Logger) http.Handler {
+// Keys is what readiness needs from the key book: whether every user's
+// keys read cleanly now.
+type Keys interface {
+	Check() error
+}
+
+// Handler serves /healthz, /readyz and /metrics. The host keys are loaded
+// before the gateway exists, so a running Handler implies them.
+func Handler(d Docker, k Keys, met *metrics.Metrics, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -35,7 +47,15 @@ func Handler(d Docker, log *slog.Logger) http.Handler {
 			http.Error(w, "not ready: the Docker engine does not answer: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if err := k.Check(); err != nil {
+			log.Warn("not ready: users' keys do not read cleanly", "err", err)
+			http.Error(w, "not ready: users' keys do not read cleanly: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ready")
 	})
+	if met != nil {
+		mux.Handle("GET /metrics", met.Handler())
+	}
 	return mux
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/berth-ssh/berth/agent"
 	"github.com/berth-ssh/berth/containers"
+	"github.com/berth-ssh/berth/metrics"
 	"github.com/berth-ssh/berth/tunnels"
 )
 
@@ -95,6 +96,8 @@ type Conn struct {
 	// ForceCommand runs instead of whatever the client asks for, verbs
 	// and subsystems included, as OpenSSH's command= option does.
 	ForceCommand string
+	// Metrics counts the session and times its phases; it may be nil.
+	Metrics *metrics.Metrics
 }
 
 // Session is one SSH "session" channel.
@@ -126,6 +129,18 @@ type program struct {
 	// is then what the client asked for.
 	forced   bool
 	original string
+}
+
+// kind is the program's kind for metrics: shell, command or a helper's
+// name, such as sftp.
+func (p program) kind() string {
+	switch {
+	case len(p.helper) > 0:
+		return p.helper[0]
+	case p.command == "":
+		return "shell"
+	}
+	return "command"
 }
 
 func (p program) String() string {
@@ -274,7 +289,11 @@ func (s *Session) run(ctx context.Context, prog program) {
 	if s.conn.Registry != nil {
 		defer s.conn.Registry.track(Info{Login: s.conn.Login, Container: s.conn.Container, Source: s.conn.Source, Command: prog.String()})()
 	}
+	kind := prog.kind()
+	ended := s.conn.Metrics.SessionStarted(s.conn.Login)
+	defer func() { ended(kind) }()
 	if run, ok := s.verb(prog); ok {
+		kind = "verb"
 		code := run(ctx, s.stdio())
 		s.log.Info("verb ended", "command", prog.String(), "status", code, "took", time.Since(begin).Round(time.Millisecond))
 		s.sendExit(agent.ExitStatus{Code: code})
@@ -284,6 +303,7 @@ func (s *Session) run(ctx context.Context, prog program) {
 	progress, done := s.waitProgress()
 	conn, err := s.conn.Opener.Open(ctx, progress)
 	done()
+	s.conn.Metrics.Phase(metrics.PhaseContainer, time.Since(begin))
 	if err != nil {
 		s.fail(ctx, "prepare container", err)
 		return
@@ -291,7 +311,7 @@ func (s *Session) run(ctx context.Context, prog program) {
 	spec := s.spec(prog)
 	if s.wantsAgent() {
 		// The socket lives as long as the session.
-		sock, err := tunnels.Agent(ctx, s.conn.SSH, s.conn.Opener, s.log)
+		sock, err := tunnels.Agent(ctx, s.conn.SSH, s.conn.Opener, s.conn.Metrics, s.log)
 		if err != nil {
 			conn.Close()
 			s.fail(ctx, "agent forwarding", err)
@@ -376,7 +396,9 @@ func (s *Session) runPipes(ctx context.Context, conn *net.UnixConn, spec agent.S
 			child[i], ours[i] = w, r
 		}
 	}
+	started := time.Now()
 	proc, err := agent.Start(conn, spec, child[:]...)
+	s.conn.Metrics.Phase(metrics.PhaseExec, time.Since(started))
 	// The process has its own copies now; ours must go so that EOF
 	// arrives when it and its children close theirs.
 	closeAll(child[:]...)
@@ -413,7 +435,9 @@ func (s *Session) runPipes(ctx context.Context, conn *net.UnixConn, spec agent.S
 // Berth holds the terminal's master side and copies it raw: nothing is
 // rewritten on the way.
 func (s *Session) runTTY(ctx context.Context, conn *net.UnixConn, spec agent.Spawn, begin time.Time) (agent.ExitStatus, error) {
+	started := time.Now()
 	proc, err := agent.Start(conn, spec)
+	s.conn.Metrics.Phase(metrics.PhaseExec, time.Since(started))
 	if err != nil {
 		return agent.ExitStatus{}, err
 	}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/metrics"
 )
 
 // Remote holds one connection's remote forwards (ssh -R): listeners
@@ -21,6 +22,7 @@ import (
 type Remote struct {
 	conn ssh.Conn
 	o    Opener
+	met  *metrics.Metrics
 	log  *slog.Logger
 
 	mu        sync.Mutex
@@ -28,9 +30,10 @@ type Remote struct {
 	closed    bool
 }
 
-// NewRemote returns the remote forwards of the connection conn.
-func NewRemote(conn ssh.Conn, o Opener, log *slog.Logger) *Remote {
-	return &Remote{conn: conn, o: o, log: log, listeners: map[string]*agent.Listener{}}
+// NewRemote returns the remote forwards of the connection conn. met may
+// be nil.
+func NewRemote(conn ssh.Conn, o Opener, met *metrics.Metrics, log *slog.Logger) *Remote {
+	return &Remote{conn: conn, o: o, met: met, log: log, listeners: map[string]*agent.Listener{}}
 }
 
 // Handle answers a tcpip-forward, cancel-tcpip-forward,
@@ -172,7 +175,7 @@ func (r *Remote) accept(ctx context.Context, l *agent.Listener, open func(net.Co
 				return
 			}
 			go ssh.DiscardRequests(reqs)
-			bridge(ctx, ch, c)
+			bridge(ctx, ch, c, r.met.Forward(typ))
 		}()
 	}
 }
@@ -191,8 +194,8 @@ func (r *Remote) Close() {
 
 // Agent makes a private socket inside the container that reaches the
 // client's SSH agent, for ssh -A, and returns its path for SSH_AUTH_SOCK.
-// The socket lives until ctx ends.
-func Agent(ctx context.Context, conn ssh.Conn, o Opener, log *slog.Logger) (string, error) {
+// The socket lives until ctx ends. met may be nil.
+func Agent(ctx context.Context, conn ssh.Conn, o Opener, met *metrics.Metrics, log *slog.Logger) (string, error) {
 	c, err := o.Open(ctx, io.Discard)
 	if err != nil {
 		return "", err
@@ -202,7 +205,7 @@ func Agent(ctx context.Context, conn ssh.Conn, o Opener, log *slog.Logger) (stri
 		return "", fmt.Errorf("agent socket: %w", err)
 	}
 	context.AfterFunc(ctx, func() { l.Close() })
-	r := &Remote{conn: conn, log: log}
+	r := &Remote{conn: conn, met: met, log: log}
 	go r.accept(ctx, l, func(net.Conn) (string, []byte) { return agentChannel, nil })
 	return l.Address, nil
 }

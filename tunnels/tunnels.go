@@ -9,8 +9,8 @@
 // forward reaches exactly what the user's shell in that container could.
 // The helper passes the socket back, so berth moves the bytes itself.
 //
-//	go tunnels.Direct(ctx, newChannel, opener, log)   // a -L or -D channel
-//	r := tunnels.NewRemote(sshConn, opener, log)     // per connection
+//	go tunnels.Direct(ctx, newChannel, opener, met, log) // a -L or -D channel
+//	r := tunnels.NewRemote(sshConn, opener, met, log)    // per connection
 //	r.Handle(ctx, globalRequest)                     // -R requests
 //	defer r.Close()
 package tunnels
@@ -27,6 +27,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/metrics"
 )
 
 // Opener connects to the agent in the user's container, making the
@@ -52,8 +53,8 @@ const (
 // Direct serves a direct-tcpip or direct-streamlocal channel: it dials the
 // destination inside the container and bridges the two until both sides
 // are done. A destination that cannot be reached rejects the channel with
-// the reason, as sshd does.
-func Direct(ctx context.Context, nch ssh.NewChannel, o Opener, log *slog.Logger) {
+// the reason, as sshd does. met may be nil.
+func Direct(ctx context.Context, nch ssh.NewChannel, o Opener, met *metrics.Metrics, log *slog.Logger) {
 	network, addr, err := destination(nch)
 	if err != nil {
 		nch.Reject(ssh.ConnectionFailed, err.Error())
@@ -79,7 +80,7 @@ func Direct(ctx context.Context, nch ssh.NewChannel, o Opener, log *slog.Logger)
 	}
 	go ssh.DiscardRequests(reqs)
 	log.Debug("forward open")
-	bridge(ctx, ch, c)
+	bridge(ctx, ch, c, met.Forward(nch.ChannelType()))
 }
 
 // destination reads where a direct channel wants to go.
@@ -112,8 +113,8 @@ func destination(nch ssh.NewChannel) (network, addr string, err error) {
 
 // bridge copies between an SSH channel and a socket until both directions
 // end. EOF in one direction is passed on as a half-close and does not cut
-// the other. Cancelling ctx ends both.
-func bridge(ctx context.Context, ch ssh.Channel, c net.Conn) {
+// the other. Cancelling ctx ends both. meter counts the bytes.
+func bridge(ctx context.Context, ch ssh.Channel, c net.Conn, meter metrics.Meter) {
 	stop := context.AfterFunc(ctx, func() {
 		ch.Close()
 		c.Close()
@@ -121,13 +122,13 @@ func bridge(ctx context.Context, ch ssh.Channel, c net.Conn) {
 	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		Copy(c, ch)
+		Copy(meter.In(c), ch)
 		if cw, ok := c.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 	})
 	wg.Go(func() {
-		Copy(ch, c)
+		Copy(meter.Out(ch), c)
 		ch.CloseWrite()
 	})
 	wg.Wait()

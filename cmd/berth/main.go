@@ -31,6 +31,7 @@ import (
 	"github.com/berth-ssh/berth/gateway"
 	"github.com/berth-ssh/berth/gpus"
 	"github.com/berth-ssh/berth/keys"
+	"github.com/berth-ssh/berth/metrics"
 	"github.com/berth-ssh/berth/monitor"
 )
 
@@ -168,12 +169,15 @@ func serve(cfg *config.Config, log *slog.Logger) error {
 		log.Info("GPUs found", "count", len(snap.GPUs), "driver", snap.Driver, "cuda", snap.CUDA,
 			"policy", cfg.GPUs, "mode", cfg.GPUMode)
 	}
-	m, err := containers.New(cfg, inv, log)
+	met := metrics.New()
+	m, err := containers.New(cfg, inv, met, log)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	gw, err := gateway.New(cfg, keys.New(cfg), m, log)
+	met.WatchGPUs(m.GPUReport)
+	book := keys.New(cfg)
+	gw, err := gateway.New(cfg, book, m, met, log)
 	if err != nil {
 		return err
 	}
@@ -186,10 +190,10 @@ func serve(cfg *config.Config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("http_listen: %w", err)
 		}
-		hs := &http.Server{Handler: monitor.Handler(m, log), ReadHeaderTimeout: 5 * time.Second}
+		hs := &http.Server{Handler: monitor.Handler(m, book, met, log), ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(hl)
 		defer hs.Close()
-		log.Info("health endpoint listening", "addr", hl.Addr().String())
+		log.Info("health and metrics endpoint listening", "addr", hl.Addr().String())
 	}
 	log.Info("berth listening", "addr", l.Addr().String(), "version", version, "users", len(cfg.Users))
 
