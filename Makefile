@@ -8,7 +8,7 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 PREFIX  ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build install run test base-image test-deps clean
+.PHONY: all build install image run test base-image test-deps clean
 
 all: build
 
@@ -25,6 +25,10 @@ install: build
 	install -D -m 0644 deploy/berth.service $(DESTDIR)/etc/systemd/system/berth.service
 	test -e $(DESTDIR)/etc/berth/config.yaml || install -D -m 0644 deploy/config.yaml $(DESTDIR)/etc/berth/config.yaml
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now berth"
+
+# berth itself as an image (deploy/Dockerfile says how to run it).
+image: build base-image
+	docker build -f deploy/Dockerfile -t berth:$(VERSION) -t berth:latest .
 
 # The local base image, made from Debian's packages (no registry needed).
 base-image:
