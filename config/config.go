@@ -582,6 +582,9 @@ func (c *Config) Validate() error {
 	if *c.KeepaliveInterval < 0 {
 		return errors.New("keepalive_interval: must not be negative (0 turns keepalives off)")
 	}
+	if c.ShutdownGrace < 0 {
+		return errors.New("shutdown_grace: must not be negative")
+	}
 	if _, _, _, err := ParseStartups(c.MaxStartups); err != nil {
 		return fmt.Errorf("max_startups: %w", err)
 	}

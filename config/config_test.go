@@ -49,6 +49,7 @@ func TestValidationNamesTheOffendingKey(t *testing.T) {
 		{"gid without uid", "users:\n  - name: a\n    gid: 1000\n    authorized_keys: [\"" + key + "\"]\n", "users[0].gid"},
 		{"unknown admin", "admins: [root]\n", "admins[0]"},
 		{"bad duration", "shutdown_grace: forever\n", "shutdown_grace"},
+		{"negative grace", "shutdown_grace: -5s\n", "shutdown_grace: must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.yaml), "/etc/berth")

@@ -28,6 +28,13 @@ import (
 // exist.
 var ErrNoContainer = errors.New("no such container")
 
+// NoContainer is the ErrNoContainer of one container.
+type NoContainer struct{ Name string }
+
+func (e *NoContainer) Error() string { return "no container " + e.Name }
+
+func (e *NoContainer) Is(target error) bool { return target == ErrNoContainer }
+
 // Start makes r's container run, building and creating it as needed, and
 // says what it did. keep exempts it from the idle stop until it stops.
 func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Writer) (string, error) {
@@ -196,7 +203,7 @@ func prevTag(name string) string { return "berth-env:previous-" + name }
 func (m *Manager) inspectOwn(ctx context.Context, r Ref) (container.InspectResponse, error) {
 	res, err := m.docker.ContainerInspect(ctx, r.Name(), client.ContainerInspectOptions{})
 	if cerrdefs.IsNotFound(err) {
-		return container.InspectResponse{}, fmt.Errorf("%w: %s", ErrNoContainer, r.Name())
+		return container.InspectResponse{}, &NoContainer{Name: r.Name()}
 	}
 	if err != nil {
 		return container.InspectResponse{}, m.dockerFailure(ctx, "berth could not look up your container", err)

@@ -273,6 +273,10 @@ func TestAdminVerbs(t *testing.T) {
 	if out := g.runOK(alice, "admin prune --all-stopped"); !strings.Contains(out, "removed container berth-"+bob.name) {
 		t.Fatalf("admin prune --all-stopped: %q", out)
 	}
+	// The error names bob's container, not the admin's own.
+	if r := run(t, g.ssh(alice, nil, "admin stop "+bob.name), ""); r.code != 1 || r.stderr != "berth: there is no container berth-"+bob.name+".\n" {
+		t.Fatalf("admin stop of a removed container: exit %d %q", r.code, r.stderr)
+	}
 	// Every verb is in the log with who ran it and with which key.
 	if g.logs.count("msg=verb", "user="+bob.name, "admin who", "key=SHA256:") == 0 ||
 		g.logs.count("admin verb refused", "user="+bob.name) == 0 {

@@ -140,10 +140,14 @@ func (c *call) misuse(why string) int {
 func (c *call) fail(err error) int {
 	msg := err.Error()
 	var f *containers.Failure
-	if errors.As(err, &f) {
+	var none *containers.NoContainer
+	switch {
+	case errors.As(err, &f):
 		msg = f.Msg
-	} else if errors.Is(err, containers.ErrNoContainer) {
-		msg = "you have no container " + c.caller.Ref.Name() + " (`start` makes it)"
+	case errors.As(err, &none) && none.Name == c.caller.Ref.Name():
+		msg = "you have no container " + none.Name + " (`start` makes it)"
+	case errors.As(err, &none):
+		msg = "there is no container " + none.Name
 	}
 	c.log.Error("verb failed", "user", c.caller.Ref.Login(), "verb", c.verb.name, "err", err)
 	fmt.Fprintf(c.Err, "berth: %s.\n", strings.TrimSuffix(msg, "."))
