@@ -15,7 +15,7 @@ import (
 // accountFiles names the account databases. provision takes them as an
 // argument so that its tests can use a scratch directory.
 type accountFiles struct {
-	passwd, group, shadow, sudoers, skel, profile string
+	passwd, group, shadow, sudoers, skel, profile, pipConf string
 	// homes is where home directories are.
 	homes string
 }
@@ -27,6 +27,7 @@ var etc = accountFiles{
 	sudoers: "/etc/sudoers.d",
 	skel:    "/etc/skel",
 	profile: "/etc/profile.d",
+	pipConf: pipConfPath,
 	homes:   "/home",
 }
 
@@ -61,6 +62,12 @@ func provision(f accountFiles, a Account, env []string) (string, error) {
 		}
 	}
 	if err := writeSudoRule(f.sudoers, a); err != nil {
+		return "", err
+	}
+	if err := writeVenvProfile(f.profile); err != nil {
+		return "", err
+	}
+	if err := writePipConf(f.pipConf, env); err != nil {
 		return "", err
 	}
 	if err := writeProfile(f.profile, env); err != nil {
@@ -192,6 +199,14 @@ func writeProfile(dir string, env []string) error {
 	}
 	return writeFileAtomic(filepath.Join(dir, "00-berth-path.sh"),
 		[]byte("# Written by berth: keep the image's PATH in login shells.\nexport PATH='"+path+"'\n"))
+}
+
+// writeVenvProfile activates the user's ~/.venv in login shells.
+func writeVenvProfile(dir string) error {
+	if _, err := os.Stat(dir); err != nil {
+		return nil
+	}
+	return writeFileAtomic(filepath.Join(dir, "zz-berth-venv.sh"), []byte(venvProfile))
 }
 
 // populateHome gives a new home the image's skeleton files (.bashrc and

@@ -18,6 +18,7 @@ func scratch(t *testing.T, passwd, group string) accountFiles {
 		sudoers: filepath.Join(dir, "sudoers.d"),
 		skel:    filepath.Join(dir, "skel"),
 		profile: filepath.Join(dir, "profile.d"),
+		pipConf: filepath.Join(dir, "pip.conf"),
 		homes:   filepath.Join(dir, "home"),
 	}
 	os.WriteFile(f.passwd, []byte(passwd), 0o644)
@@ -102,5 +103,41 @@ func TestSupplementaryGroups(t *testing.T) {
 	got := supplementaryGroupsFrom(f.group, "alice", 1000)
 	if len(got) != 2 || got[0] != 1000 || got[1] != 44 {
 		t.Fatalf("got %v", got)
+	}
+}
+
+// pip finds PyTorch's wheels for the container's GPUs: the variant is read
+// at each start, so a container recreated on other GPUs gets another index,
+// while the image stays the same.
+func TestPipConfFollowsTheTorchVariant(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want string // "" for no file
+	}{
+		{"nothing configured", []string{"BERTH_TORCH_VARIANT=cu124"}, ""},
+		{"torch index on a GPU host", []string{"BERTH_TORCH_INDEX=https://wheels.example/whl/", "BERTH_TORCH_VARIANT=cu124"},
+			"[global]\nextra-index-url = https://wheels.example/whl/cu124\n"},
+		{"no GPU", []string{"BERTH_TORCH_INDEX=https://wheels.example/whl", "BERTH_TORCH_VARIANT=cpu"},
+			"[global]\nextra-index-url = https://wheels.example/whl/cpu\n"},
+		{"a local index too", []string{"BERTH_PYTHON_INDEX=file:///wheels/simple", "BERTH_TORCH_INDEX=https://wheels.example/whl", "BERTH_TORCH_VARIANT=cu118"},
+			"[global]\nindex-url = file:///wheels/simple\nextra-index-url = https://wheels.example/whl/cu118\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := scratch(t, "root:x:0:0:root:/root:/bin/bash\n", "root:x:0:\n")
+			if _, err := provision(f, Account{Name: "alice", UID: 1000, GID: 1000}, tc.env); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(f.pipConf)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("pip.conf written:\n%s", got)
+				}
+				return
+			}
+			if !strings.HasSuffix(string(got), tc.want) {
+				t.Fatalf("pip.conf:\n%s\nwant it to end with:\n%s", got, tc.want)
+			}
+		})
 	}
 }

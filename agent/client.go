@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 )
@@ -220,4 +222,33 @@ func runNetHelper(conn *net.UnixConn, verb, network, addr string) (line *os.File
 		return fail(errors.New(r.Error))
 	}
 	return ours, proc, files[0], r, nil
+}
+
+// Install asks the agent on conn to install Python packages into the
+// user's ~/.venv. It returns once the install has started in the
+// background, or when the same packages are installed already; the
+// install's progress is in PackagesFile. It closes conn.
+func Install(conn *net.UnixConn, p Packages) error {
+	defer conn.Close()
+	if err := writeMessage(conn, request{Version: Version, Packages: &p}); err != nil {
+		return fmt.Errorf("send install: %w", err)
+	}
+	var r reply
+	if _, err := readMessage(conn, &r, false); err != nil {
+		return fmt.Errorf("read install reply: %w", err)
+	}
+	if r.Error != "" {
+		return fmt.Errorf("agent: %s", r.Error)
+	}
+	return nil
+}
+
+// ReadPackagesStatus reads the state of a container's Python packages
+// from its run directory on the host; ok is false before any install.
+func ReadPackagesStatus(runDir string) (st PackagesStatus, ok bool) {
+	b, err := os.ReadFile(filepath.Join(runDir, PackagesFile))
+	if err != nil || json.Unmarshal(b, &st) != nil {
+		return PackagesStatus{}, false
+	}
+	return st, true
 }

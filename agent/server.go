@@ -39,6 +39,7 @@ type Server struct {
 
 	// children counts the processes started and not yet reaped.
 	children sync.WaitGroup
+	packages installer
 }
 
 // Serve accepts berth's connections on l until it is closed.
@@ -75,6 +76,12 @@ func (s *Server) handle(c *net.UnixConn) {
 		fail(fmt.Errorf("%w: agent speaks %d, berth %d", errVersion, Version, req.Version))
 	case req.Spawn != nil:
 		s.spawn(c, req.Spawn, files, fail)
+	case req.Packages != nil:
+		if err := s.install(*req.Packages); err != nil {
+			fail(err)
+			return
+		}
+		writeMessage(c, reply{Version: Version})
 	default:
 		fail(errors.New("unknown request"))
 	}
@@ -214,6 +221,7 @@ func (s *Server) command(sp *Spawn) *exec.Cmd {
 		"LOGNAME="+s.Account.Name,
 		"SHELL="+shell,
 	)
+	cmd.Env = mergeEnv(cmd.Env, venvEnv(cmd.Env, home)...)
 	cmd.Env = mergeEnv(cmd.Env, sp.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Setsid: true,

@@ -38,8 +38,9 @@ const Version = 1
 
 // request is the first message of every connection, from berth.
 type request struct {
-	Version int    `json:"version"`
-	Spawn   *Spawn `json:"spawn,omitempty"`
+	Version  int       `json:"version"`
+	Spawn    *Spawn    `json:"spawn,omitempty"`
+	Packages *Packages `json:"packages,omitempty"`
 }
 
 // Spawn asks for a process as the container's user. Without TTY the

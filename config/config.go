@@ -105,6 +105,23 @@ type Config struct {
 	// ShutdownGrace is how long SIGTERM lets open sessions drain before
 	// berth closes them. Containers keep running either way. Default 30s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// Repo is the project repository cloned into ~/projects/<name> when
+	// that directory is missing, as the seed's run.sh did; empty, none.
+	// Per user too.
+	Repo *Repo `yaml:"repo"`
+	// PythonPackages are installed with pip into each user's ~/.venv, in
+	// the background, on the first start, together with the repo's
+	// requirements.txt. Default torch and sentence-transformers, as the
+	// seed's start.sh; [] installs nothing. Per user too.
+	PythonPackages *[]string `yaml:"python_packages"`
+	// PythonIndex is pip's index URL in every container; empty keeps
+	// pip's default.
+	PythonIndex string `yaml:"python_index"`
+	// TorchIndex is the base URL of PyTorch's wheel index. berth adds
+	// /<variant> (cu118, cu121, cu124, cu126, cu128 or cpu, from the host
+	// driver's CUDA version) and gives it to pip as an extra index at each
+	// container start. Empty: no extra index.
+	TorchIndex string `yaml:"torch_index"`
 	// Users are the people who may log in.
 	Users []User `yaml:"users"`
 	// Admins are users allowed the operator verbs.
@@ -124,6 +141,25 @@ type Environment struct {
 	// BASE_IMAGE (default an nvidia/cuda Ubuntu image) and TZ (default
 	// Asia/Taipei).
 	BuildArgs map[string]string `yaml:"build_args"`
+}
+
+// Repo is a git repository to clone.
+type Repo struct {
+	// URL is what git clone takes: https://, ssh://, git@host:path, or a
+	// path. ssh:// and git@ URLs use the user's forwarded agent (ssh -A).
+	URL string `yaml:"url"`
+	// Branch to check out; empty, the repository's default.
+	Branch string `yaml:"branch"`
+}
+
+// Dir is the directory the repo is cloned into under ~/projects: the
+// URL's last element without ".git", as git clone names it.
+func (r Repo) Dir() string {
+	u := strings.TrimRight(r.URL, "/")
+	if i := strings.LastIndexAny(u, "/:"); i >= 0 {
+		u = u[i+1:]
+	}
+	return strings.TrimSuffix(u, ".git")
 }
 
 // User is one person who may log in.
@@ -160,6 +196,13 @@ type User struct {
 	// MaxContainers and IdleStopAfter override the global settings.
 	MaxContainers int       `yaml:"max_containers"`
 	IdleStopAfter *Duration `yaml:"idle_stop_after"`
+	// Repo and PythonPackages override the global settings.
+	Repo           *Repo     `yaml:"repo"`
+	PythonPackages *[]string `yaml:"python_packages"`
+	// RepoDockerfile builds this user's image from the repo's
+	// .berth/Dockerfile, with the repo as the build context, when the
+	// repo has one. Off by default: it lets the repo decide what runs.
+	RepoDockerfile bool `yaml:"repo_dockerfile"`
 }
 
 // Resources are a container's limits. Sizes are written like "8g" or
@@ -541,6 +584,58 @@ func (c *Config) setDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = Duration(30 * time.Second)
 	}
+	if c.PythonPackages == nil {
+		c.PythonPackages = &[]string{"torch", "sentence-transformers"}
+	}
+}
+
+// RepoFor is u's repository, or nil for none.
+func (c *Config) RepoFor(u User) *Repo {
+	if u.Repo != nil {
+		return u.Repo
+	}
+	return c.Repo
+}
+
+// PythonPackagesFor is what pip installs into u's ~/.venv.
+func (c *Config) PythonPackagesFor(u User) []string {
+	if u.PythonPackages != nil {
+		return *u.PythonPackages
+	}
+	return *c.PythonPackages
+}
+
+// checkRepo refuses what git would take for an option or clone nowhere
+// sensible.
+func checkRepo(key string, r *Repo) error {
+	if r == nil {
+		return nil
+	}
+	switch {
+	case r.URL == "":
+		return fmt.Errorf("%s.url: required", key)
+	case strings.HasPrefix(r.URL, "-") || strings.ContainsAny(r.URL, " \t\n"):
+		return fmt.Errorf("%s.url: %q is not a repository URL", key, r.URL)
+	case strings.HasPrefix(r.Branch, "-") || strings.ContainsAny(r.Branch, " \t\n"):
+		return fmt.Errorf("%s.branch: %q is not a branch name", key, r.Branch)
+	}
+	if d := r.Dir(); d == "" || d == "." || d == ".." {
+		return fmt.Errorf("%s.url: %q names no directory to clone into", key, r.URL)
+	}
+	return nil
+}
+
+// checkPackages refuses entries pip would take for options.
+func checkPackages(key string, pkgs *[]string) error {
+	if pkgs == nil {
+		return nil
+	}
+	for i, p := range *pkgs {
+		if p == "" || strings.HasPrefix(p, "-") || strings.ContainsAny(p, " \t\n") {
+			return fmt.Errorf("%s[%d]: %q is not a package requirement", key, i, p)
+		}
+	}
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -584,6 +679,17 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown_grace: must not be negative")
+	}
+	if err := checkRepo("repo", c.Repo); err != nil {
+		return err
+	}
+	if err := checkPackages("python_packages", c.PythonPackages); err != nil {
+		return err
+	}
+	for _, idx := range []struct{ key, url string }{{"python_index", c.PythonIndex}, {"torch_index", c.TorchIndex}} {
+		if strings.ContainsAny(idx.url, " \t\n") || (idx.url != "" && !strings.Contains(idx.url, "://")) {
+			return fmt.Errorf("%s: %q is not a URL", idx.key, idx.url)
+		}
 	}
 	if _, _, _, err := ParseStartups(c.MaxStartups); err != nil {
 		return fmt.Errorf("max_startups: %w", err)
@@ -685,6 +791,18 @@ func (c *Config) Validate() error {
 		}
 		if u.IdleStopAfter != nil && *u.IdleStopAfter < 0 {
 			return fmt.Errorf("%s.idle_stop_after: must not be negative", key)
+		}
+		if err := checkRepo(key+".repo", u.Repo); err != nil {
+			return err
+		}
+		if err := checkPackages(key+".python_packages", u.PythonPackages); err != nil {
+			return err
+		}
+		if u.RepoDockerfile && c.RepoFor(u) == nil {
+			return fmt.Errorf("%s.repo_dockerfile: there is no repo to take it from", key)
+		}
+		if u.RepoDockerfile && u.Image != "" {
+			return fmt.Errorf("%s.repo_dockerfile: set image or repo_dockerfile, not both", key)
 		}
 	}
 	for i, a := range c.Admins {

@@ -36,11 +36,15 @@ func (e *NoContainer) Error() string { return "no container " + e.Name }
 func (e *NoContainer) Is(target error) bool { return target == ErrNoContainer }
 
 // Start makes r's container run, building and creating it as needed, and
-// says what it did. keep exempts it from the idle stop until it stops.
+// prepares it as a login would (without a forwarded agent for the clone).
+// It says what it did. keep exempts it from the idle stop until it stops.
 func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Writer) (string, error) {
 	what := "is running"
 	err := m.starts.do(ctx, m.base, r.Name(), progress, func(ctx context.Context, progress io.Writer) error {
 		w, err := m.ensure(ctx, r, progress)
+		if err == nil && w != wasRunning {
+			m.forget(r.Name(), w == wasCreated)
+		}
 		what = w
 		return err
 	})
@@ -48,6 +52,9 @@ func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Write
 		return "", err
 	}
 	m.setReady(r.Name(), true)
+	for m.Prepare(ctx, r, "", false, progress) {
+		what = wasCreated
+	}
 	if keep {
 		if err := os.WriteFile(m.keepPath(r.Name()), nil, 0o600); err != nil {
 			return what, err
@@ -140,6 +147,7 @@ func (m *Manager) recreate(ctx context.Context, r Ref, image string, progress io
 		return m.recreateLocked(ctx, r, image, progress)
 	})
 	if err == nil {
+		m.forget(name, false)
 		m.setReady(name, true)
 	}
 	return err
@@ -311,6 +319,13 @@ type Status struct {
 	Limits   Limits    `json:"limits"`
 	// DiskUsed is the bytes under the user's data_root directory.
 	DiskUsed int64 `json:"disk_used_bytes"`
+	// Packages is the state of the Python packages in ~/.venv; nil before
+	// the first install.
+	Packages *agent.PackagesStatus `json:"python_packages,omitempty"`
+	// Repo is the repository cloned into ~/projects, if any, and whether
+	// it is there.
+	Repo       string `json:"repo,omitempty"`
+	RepoCloned bool   `json:"repo_cloned,omitempty"`
 }
 
 // Limits are a container's resource limits as Docker enforces them; 0 is
@@ -333,6 +348,14 @@ type Mount struct {
 func (m *Manager) Status(ctx context.Context, r Ref) (Status, error) {
 	st := Status{Name: r.Name(), Login: r.Login(), State: "absent", Image: m.environment(r).Tag(), GPUs: []string{}, Mounts: []Mount{}}
 	st.DiskUsed = diskUsed(ctx, filepath.Join(m.cfg.DataRoot, r.User.Name))
+	if p, ok := agent.ReadPackagesStatus(m.runDir(r.Name())); ok {
+		st.Packages = &p
+	}
+	if repo := m.cfg.RepoFor(r.User); repo != nil {
+		st.Repo = repo.URL
+		_, err := os.Lstat(m.repoDir(r.User))
+		st.RepoCloned = err == nil
+	}
 	c, err := m.inspectOwn(ctx, r)
 	if errors.Is(err, ErrNoContainer) {
 		return st, nil

@@ -83,8 +83,11 @@ type Manager struct {
 	// gpuMu makes choosing GPUs and starting the container that leases
 	// them one step, so two containers never take the same GPU.
 	gpuMu sync.Mutex
-	mu    sync.Mutex      // guards ready, env and envs
+	mu    sync.Mutex      // guards ready, prepared, fresh, env and envs
 	ready map[string]bool // containers whose agent answered before
+	// prepared holds the containers whose first session since their start
+	// has run Prepare; fresh, those whose start created them.
+	prepared, fresh map[string]bool
 }
 
 // New checks the environment and the agent binary, and connects to Docker.
@@ -130,6 +133,8 @@ func New(cfg *config.Config, inv *gpus.Inventory, met *metrics.Metrics, log *slo
 		log:      log,
 		accounts: accounts{path: filepath.Join(cfg.StateDir, "uids.json")},
 		ready:    map[string]bool{},
+		prepared: map[string]bool{},
+		fresh:    map[string]bool{},
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	if err := m.installAgent(); err != nil {
@@ -179,38 +184,79 @@ func (r Ref) Login() string {
 func Name(user string) string { return "berth-" + user }
 
 // environment is the environment ref's container is made from: the one
-// named like its instance, else the user's own, else the default.
+// named like its instance, else the user's repo's .berth/Dockerfile when
+// they opted in and it is there, else the user's own, else the default.
 func (m *Manager) environment(r Ref) *environment.Environment {
-	key, _, _ := m.envSource(r)
+	key, _, _, _ := m.envSource(r)
+	m.mu.Lock()
+	e, ok := m.envs[key]
+	m.mu.Unlock()
+	switch {
+	case ok:
+		return e
+	case strings.HasPrefix(key, repoKey):
+		// Read when first needed: the repo may have been cloned since.
+		if e, err := m.reloadEnvironment(r); err == nil {
+			return e
+		} else {
+			m.log.Warn("the repo's Dockerfile cannot be read; using the configured environment", "user", r.User.Name, "err", err)
+		}
+		return m.configured(r)
+	}
+	return m.env
+}
+
+// repoKey prefixes the key of a user's repo environment in m.envs.
+const repoKey = "repo:"
+
+// configured is the environment r would have without a repo Dockerfile.
+func (m *Manager) configured(r Ref) *environment.Environment {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if e, ok := m.envs[key]; ok {
+	if e, ok := m.envs["user:"+r.User.Name]; ok {
 		return e
 	}
 	return m.env
 }
 
 // envSource says where r's environment comes from: its key in m.envs
-// ("" for the default), and the config that makes it, or a prebuilt
-// image.
-func (m *Manager) envSource(r Ref) (key string, conf config.Environment, image string) {
+// ("" for the default), and the config that makes it, a prebuilt image,
+// or a repo directory on the host holding .berth/Dockerfile.
+func (m *Manager) envSource(r Ref) (key string, conf config.Environment, image, repo string) {
 	if e, ok := m.cfg.Environments[r.Instance]; ok && r.Instance != "" {
-		return r.Instance, e, ""
+		return r.Instance, e, "", ""
+	}
+	conf = m.cfg.Environment
+	if r.User.Environment != nil {
+		conf = *r.User.Environment
+	}
+	if dir := m.repoDir(r.User); r.Instance == "" && r.User.RepoDockerfile && dir != "" {
+		if st, err := os.Lstat(filepath.Join(dir, ".berth", "Dockerfile")); err == nil && st.Mode().IsRegular() {
+			return repoKey + r.User.Name, conf, "", dir
+		}
 	}
 	switch {
 	case r.User.Image != "":
-		return "user:" + r.User.Name, config.Environment{}, r.User.Image
+		return "user:" + r.User.Name, config.Environment{}, r.User.Image, ""
 	case r.User.Environment != nil:
-		return "user:" + r.User.Name, *r.User.Environment, ""
+		return "user:" + r.User.Name, conf, "", ""
 	}
-	return "", m.cfg.Environment, ""
+	return "", conf, "", ""
 }
 
 // loadEnvironment reads r's environment from disk.
 func (m *Manager) loadEnvironment(r Ref) (string, *environment.Environment, error) {
-	key, conf, image := m.envSource(r)
-	if image != "" {
+	key, conf, image, repo := m.envSource(r)
+	switch {
+	case image != "":
 		return key, environment.Prebuilt(image), nil
+	case repo != "":
+		a, err := m.account(r.User)
+		if err != nil {
+			return key, nil, err
+		}
+		env, err := environment.LoadRepo(repo, a.UID, conf.BuildArgs)
+		return key, env, err
 	}
 	env, err := environment.Load(conf.Dockerfile, conf.BuildArgs)
 	return key, env, err
@@ -247,7 +293,10 @@ func (m *Manager) Open(ctx context.Context, r Ref, progress io.Writer) (*net.Uni
 		m.setReady(name, false)
 	}
 	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
-		_, err := m.ensure(ctx, r, progress)
+		did, err := m.ensure(ctx, r, progress)
+		if err == nil && did != wasRunning {
+			m.forget(name, did == wasCreated)
+		}
 		return err
 	})
 	if err != nil {
@@ -543,6 +592,8 @@ type spec struct {
 	Mounts    []config.Mount   `json:"mounts"`
 	Resources config.Resources `json:"resources"`
 	Layout    int              `json:"layout"` // berth's own mounts and paths
+	// Env is pip's configuration (agent.EnvPythonIndex, EnvTorchIndex).
+	Env []string `json:"env,omitempty"`
 }
 
 // layoutVersion changes whenever create changes what it makes.
@@ -556,7 +607,21 @@ func (m *Manager) spec(r Ref, a agent.Account) spec {
 		Mounts:    m.cfg.MountsFor(r.User),
 		Resources: m.cfg.ResourcesFor(r.User),
 		Layout:    layoutVersion,
+		Env:       m.pipEnv(),
 	}
+}
+
+// pipEnv tells the agent where pip finds packages; it writes pip's
+// configuration from it at each start (see agent.EnvTorchIndex).
+func (m *Manager) pipEnv() []string {
+	var env []string
+	if m.cfg.PythonIndex != "" {
+		env = append(env, agent.EnvPythonIndex+"="+m.cfg.PythonIndex)
+	}
+	if m.cfg.TorchIndex != "" {
+		env = append(env, agent.EnvTorchIndex+"="+m.cfg.TorchIndex)
+	}
+	return env
 }
 
 func (s spec) hash() string {
@@ -607,7 +672,7 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 				"--user", a.Name, "--uid", strconv.Itoa(a.UID), "--gid", strconv.Itoa(a.GID),
 				"--sudo=" + strconv.FormatBool(a.Sudo)},
 			WorkingDir: "/",
-			Env:        gpuEnv,
+			Env:        append(gpuEnv, s.Env...),
 			Labels: map[string]string{
 				LabelGPUs:     strings.Join(gpuIDs, ","),
 				LabelUser:     a.Name,

@@ -294,6 +294,11 @@ func gatewayConfig(t *testing.T, o options, users ...user) (*config.Config, stri
 	if !o.penalties {
 		b.WriteString("penalty_exempt: [127.0.0.0/8]\n")
 	}
+	// Nothing to install from an index the tests cannot reach, unless a
+	// test says otherwise.
+	if !strings.Contains(o.extra, "python_packages:") {
+		b.WriteString("python_packages: []\n")
+	}
 	if len(users) > 0 {
 		b.WriteString("users:\n")
 	}

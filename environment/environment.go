@@ -19,6 +19,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"syscall"
 	"slices"
 )
 
@@ -96,6 +97,56 @@ func fromFS(name string, fsys fs.FS, dockerfile string, args map[string]string) 
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read environment %s: %w", name, err)
+	}
+	return env, nil
+}
+
+// maxRepoContext bounds a repo build context, which berth holds in memory
+// to hash and send.
+const maxRepoContext = 256 << 20
+
+// LoadRepo reads an environment from a user's repository: its
+// .berth/Dockerfile, with the repository as the build context. It skips
+// .git, and any file not owned by uid, so that a hard link to another
+// user's file cannot carry it into an image.
+func LoadRepo(dir string, uid int, args map[string]string) (*Environment, error) {
+	const dockerfile = ".berth/Dockerfile"
+	env := &Environment{Name: filepath.Join(dir, dockerfile), Args: args, Dockerfile: dockerfile}
+	var total int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && d.Name() == ".git" {
+			return fs.SkipDir
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
+			return nil
+		}
+		if total += info.Size(); total > maxRepoContext {
+			return fmt.Errorf("the repository is over %d MiB, too big for a build context", maxRepoContext>>20)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		mode := fs.FileMode(0o644)
+		if info.Mode()&0o111 != 0 {
+			mode = 0o755
+		}
+		env.files = append(env.files, file{name: filepath.ToSlash(rel), mode: mode, data: data})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", env.Name, err)
 	}
 	return env, nil
 }

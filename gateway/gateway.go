@@ -357,6 +357,10 @@ func (o userOpener) Open(ctx context.Context, progress io.Writer) (*net.UnixConn
 	return o.m.Open(ctx, o.ref, progress)
 }
 
+func (o userOpener) Prepare(ctx context.Context, authSock string, login bool, progress io.Writer) bool {
+	return o.m.Prepare(ctx, o.ref, authSock, login, progress)
+}
+
 // Shutdown stops accepting connections and waits for open ones to end
 // until ctx is done; then it hangs up the rest. Containers keep running.
 func (s *Server) Shutdown(ctx context.Context) error {

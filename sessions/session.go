@@ -36,6 +36,10 @@ import (
 // the container ready first. progress gets lines for the user.
 type Opener interface {
 	Open(ctx context.Context, progress io.Writer) (*net.UnixConn, error)
+	// Prepare clones the repo and starts the Python packages after a
+	// container start (see containers.Manager.Prepare). recreated says the
+	// container was replaced and must be opened again.
+	Prepare(ctx context.Context, authSock string, login bool, progress io.Writer) (recreated bool)
 }
 
 // ExitGatewayFailure is the exit status a user gets when berth itself
@@ -301,23 +305,22 @@ func (s *Session) run(ctx context.Context, prog program) {
 	}
 
 	progress, done := s.waitProgress()
-	conn, err := s.conn.Opener.Open(ctx, progress)
-	done()
+	conn, authSock, err := s.open(ctx, progress)
 	s.conn.Metrics.Phase(metrics.PhaseContainer, time.Since(begin))
+	// A program of the user's own gets the repo and packages first; the
+	// SFTP server does not wait for them.
+	if err == nil && len(prog.helper) == 0 && s.conn.Opener.Prepare(ctx, authSock, prog.command == "", progress) {
+		conn.Close()
+		conn, authSock, err = s.open(ctx, progress)
+	}
+	done()
 	if err != nil {
 		s.fail(ctx, "prepare container", err)
 		return
 	}
 	spec := s.spec(prog)
-	if s.wantsAgent() {
-		// The socket lives as long as the session.
-		sock, err := tunnels.Agent(ctx, s.conn.SSH, s.conn.Opener, s.conn.Metrics, s.log)
-		if err != nil {
-			conn.Close()
-			s.fail(ctx, "agent forwarding", err)
-			return
-		}
-		spec.Env = append(spec.Env, "SSH_AUTH_SOCK="+sock)
+	if authSock != "" {
+		spec.Env = append(spec.Env, "SSH_AUTH_SOCK="+authSock)
 	}
 	var status agent.ExitStatus
 	if spec.TTY != nil {
@@ -331,6 +334,22 @@ func (s *Session) run(ctx context.Context, prog program) {
 	}
 	s.log.Info("session ended", "command", prog.String(), "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
 	s.sendExit(status)
+}
+
+// open connects to the agent in the user's container, making it ready,
+// and makes the forwarded agent's socket in it when the client asked for
+// one. The socket lives as long as the session.
+func (s *Session) open(ctx context.Context, progress io.Writer) (conn *net.UnixConn, authSock string, err error) {
+	conn, err = s.conn.Opener.Open(ctx, progress)
+	if err != nil || !s.wantsAgent() {
+		return conn, "", err
+	}
+	authSock, err = tunnels.Agent(ctx, s.conn.SSH, s.conn.Opener, s.conn.Metrics, s.log)
+	if err != nil {
+		conn.Close()
+		return nil, "", fmt.Errorf("agent forwarding: %w", err)
+	}
+	return conn, authSock, nil
 }
 
 // verb returns the berth verb a command names, if it names one.

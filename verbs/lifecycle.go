@@ -206,6 +206,20 @@ func printStatus(c *call, st containers.Status) {
 			bytes(l.ShmSize), orNone(l.PidsLimit, fmt.Sprint(l.PidsLimit)))
 	}
 	row("disk used", "%s under your data directory (no quota)", bytes(st.DiskUsed))
+	if st.Repo != "" {
+		cloned := "cloned in ~/projects"
+		if !st.RepoCloned {
+			cloned = "not cloned yet"
+		}
+		row("repo", "%s, %s", st.Repo, cloned)
+	}
+	if p := st.Packages; p != nil {
+		detail := ""
+		if p.Detail != "" {
+			detail = ": " + p.Detail
+		}
+		row("python packages", "%s %s ago%s (ssh HOST logs has the output)", p.State, time.Since(p.Since).Round(time.Second), detail)
+	}
 	tw.Flush()
 }
 
