@@ -19,8 +19,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"syscall"
 	"slices"
+	"syscall"
 )
 
 //go:embed default
