@@ -221,6 +221,12 @@ type Resources struct {
 	// wants unlimited. Empty keeps the engine's default, because an engine
 	// whose own limit is lower cannot start containers with a higher one.
 	Memlock string `yaml:"memlock"`
+	// DiskQuota caps what the container writes to its own filesystem
+	// (system packages and the like; not the home and projects, which
+	// live under data_root), where Docker's storage driver supports it
+	// (overlay2 on XFS with pquota, btrfs, zfs). Elsewhere it is not
+	// enforced, and berth says so. Empty is no cap.
+	DiskQuota string `yaml:"disk_quota"`
 }
 
 // Mount is a parsed entry of mounts.
@@ -301,6 +307,9 @@ func (c *Config) ResourcesFor(u User) Resources {
 	if u.Memlock != "" {
 		r.Memlock = u.Memlock
 	}
+	if u.DiskQuota != "" {
+		r.DiskQuota = u.DiskQuota
+	}
 	return r
 }
 
@@ -316,7 +325,7 @@ func (c *Config) MountsFor(u User) []Mount {
 }
 
 func checkResources(key string, r Resources) error {
-	for name, size := range map[string]string{"shm_size": r.ShmSize, "memory": r.Memory} {
+	for name, size := range map[string]string{"shm_size": r.ShmSize, "memory": r.Memory, "disk_quota": r.DiskQuota} {
 		if size == "" {
 			continue
 		}

@@ -1,16 +1,19 @@
 package containers
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/build"
+	"github.com/moby/moby/api/types/image"
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 
@@ -57,7 +60,7 @@ func (m *Manager) build(ctx context.Context, env *environment.Environment, noCac
 		Remove:      true,
 		ForceRemove: true,
 		Version:     build.BuilderV1,
-		Labels:      map[string]string{LabelImage: tag},
+		Labels:      map[string]string{LabelImage: tag, LabelEnvironment: env.Lineage()},
 	})
 	if err != nil {
 		m.met.Build(false, time.Since(begin))
@@ -76,9 +79,51 @@ func (m *Manager) build(ctx context.Context, env *environment.Environment, noCac
 		return m.dockerFailure(ctx, "the environment image build did not finish", err)
 	}
 	m.met.Build(true, time.Since(begin))
+	m.removeOldImages(ctx, env)
 	m.log.Info("image built", "image", tag, "took", since(begin))
 	fmt.Fprintf(progress, "berth: built %s in %s\n", tag, since(begin))
 	return nil
+}
+
+// removeOldImages removes the builds of env's lineage (see
+// environment.Lineage) that are neither the current one, nor the one
+// before it, nor used by any container. A rollback's previous-<container>
+// tag keeps its image, since only berth-env:<hash> tags are removed.
+func (m *Manager) removeOldImages(ctx context.Context, env *environment.Environment) {
+	res, err := m.docker.ImageList(ctx, client.ImageListOptions{
+		Filters: make(client.Filters).Add("label", LabelEnvironment+"="+env.Lineage()),
+	})
+	if err != nil {
+		m.log.Warn("listing old images", "environment", env.Name, "err", err)
+		return
+	}
+	inUse, err := m.imagesInUse(ctx)
+	if err != nil {
+		m.log.Warn("listing containers", "err", err)
+		return
+	}
+	images := res.Items
+	slices.SortFunc(images, func(a, b image.Summary) int { return cmp.Compare(b.Created, a.Created) })
+	previous := false
+	for _, img := range images {
+		switch {
+		case slices.Contains(img.RepoTags, env.Tag()): // the current build
+		case !previous: // the one before
+			previous = true
+		case inUse[img.ID]:
+		default:
+			for _, tag := range img.RepoTags {
+				if !strings.HasPrefix(tag, environment.Repository+":") || strings.HasPrefix(tag, prevTag("")) {
+					continue
+				}
+				if _, err := m.docker.ImageRemove(ctx, tag, client.ImageRemoveOptions{}); err != nil {
+					m.log.Warn("old image not removed", "image", tag, "err", err)
+					continue
+				}
+				m.log.Info("old image removed", "image", tag, "environment", env.Name)
+			}
+		}
+	}
 }
 
 // streamBuild copies a classic builder's JSON stream to w as text and

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -335,6 +336,11 @@ type Limits struct {
 	Memory    int64   `json:"memory_bytes"`
 	CPUs      float64 `json:"cpus"`
 	PidsLimit int64   `json:"pids_limit"`
+	// DiskQuota caps the container's own filesystem (not data_root).
+	DiskQuota int64 `json:"disk_quota_bytes"`
+	// DiskQuotaUnsupported says a disk_quota was asked for and the
+	// storage driver could not enforce it.
+	DiskQuotaUnsupported bool `json:"disk_quota_unsupported,omitempty"`
 }
 
 // Mount is one of a container's mounts.
@@ -384,6 +390,8 @@ func (m *Manager) Status(ctx context.Context, r Ref) (Status, error) {
 		if hc.PidsLimit != nil {
 			st.Limits.PidsLimit = *hc.PidsLimit
 		}
+		st.Limits.DiskQuota, _ = strconv.ParseInt(hc.StorageOpt["size"], 10, 64)
+		st.Limits.DiskQuotaUnsupported = c.Config.Labels[LabelDiskQuota] == "unsupported"
 	}
 	for _, mt := range c.Mounts {
 		if mt.Destination == agent.BinaryPath || mt.Destination == agent.RunDir {

@@ -53,6 +53,12 @@ const (
 	// LabelPrevious is the image ID a container had before its last
 	// rebuild, for rollback.
 	LabelPrevious = "berth.previous-image"
+	// LabelEnvironment is on images: the environment they were built
+	// for, so that older builds of it can be found and removed.
+	LabelEnvironment = "berth.environment"
+	// LabelDiskQuota is "unsupported" on a container whose disk_quota the
+	// storage driver could not enforce.
+	LabelDiskQuota = "berth.disk-quota"
 )
 
 // NetworkName is the bridge network user containers sit on. Its
@@ -663,7 +669,7 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 	}
 	res := limits(s.Resources)
 	init := true
-	_, err = m.docker.ContainerCreate(ctx, client.ContainerCreateOptions{
+	opts := client.ContainerCreateOptions{
 		Name: name,
 		Config: &container.Config{
 			Image:    image,
@@ -706,7 +712,20 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 				bind(m.runDir(name), agent.RunDir, false),
 			}, extra...),
 		},
-	})
+	}
+	if res.disk > 0 {
+		opts.HostConfig.StorageOpt = map[string]string{"size": strconv.FormatInt(res.disk, 10)}
+	}
+	_, err = m.docker.ContainerCreate(ctx, opts)
+	if err != nil && res.disk > 0 && strings.Contains(err.Error(), "storage-opt") {
+		// Only some storage drivers can cap a container's disk; where this
+		// one cannot, the container is made without it, and says so.
+		m.log.Warn("disk_quota not enforced: the Docker storage driver cannot", "container", name, "err", err)
+		fmt.Fprintf(progress, "berth: note: your disk_quota is not enforced: this Docker engine's storage driver cannot cap a container's disk (overlay2 on XFS with pquota, btrfs and zfs can).\n")
+		opts.HostConfig.StorageOpt = nil
+		opts.Config.Labels[LabelDiskQuota] = "unsupported"
+		_, err = m.docker.ContainerCreate(ctx, opts)
+	}
 	if cerrdefs.IsConflict(err) {
 		// Made meanwhile outside this berth; ensure looks at it next time.
 		return &Failure{Msg: "your container was being made by someone else at the same moment; try again", Err: err}
@@ -745,8 +764,8 @@ func securityOpts(sudo bool) []string {
 
 // dockerLimits are config.Resources in Docker's units.
 type dockerLimits struct {
-	shm, memory, nanoCPUs, pids int64
-	ulimits                     []*container.Ulimit
+	shm, memory, nanoCPUs, pids, disk int64
+	ulimits                           []*container.Ulimit
 }
 
 // limits converts validated resources; config validation has already
@@ -759,6 +778,9 @@ func limits(r config.Resources) dockerLimits {
 	}
 	l.nanoCPUs = int64(r.CPUs * 1e9)
 	l.pids = r.PidsLimit
+	if r.DiskQuota != "" {
+		l.disk, _ = units.RAMInBytes(r.DiskQuota)
+	}
 	if r.Memlock != "" {
 		n := int64(-1) // unlimited
 		if r.Memlock != "unlimited" {

@@ -351,9 +351,10 @@ func TestMountsAndLimitsReachTheContainer(t *testing.T) {
 	os.Mkdir(filepath.Join(models, alice.name), 0o755)
 	os.Chown(filepath.Join(models, alice.name), 3000, 3000)
 	g := startGateway(t, options{
-		extra:    "mounts: [\"" + shared + ":/datasets:ro\", \"" + models + "/{user}:/models\"]\nshm_size: 1g\npids_limit: 300\nmemlock: 1m\n",
+		extra:    "mounts: [\"" + shared + ":/datasets:ro\", \"" + models + "/{user}:/models\"]\nshm_size: 1g\npids_limit: 300\nmemlock: 1m\ndisk_quota: 10g\n",
 		userYAML: "memory: 512m\n    cpus: 0.5",
 	}, alice)
+	first := run(t, g.ssh(alice, nil, "true"), "")
 	out := g.runOK(alice, `cat /datasets/data.csv
 touch /datasets/x 2>/dev/null && echo writable || echo read-only
 touch /models/mine && echo models-ok
@@ -376,8 +377,19 @@ ulimit -l`)
 	if len(st.Mounts) != 5 {
 		t.Fatalf("status mounts: %+v", st.Mounts)
 	}
-	if out := g.runOK(alice, "status"); !strings.Contains(out, "memory 512.0 MiB, cpus 0.5, /dev/shm 1.0 GiB, processes 300") {
+	out = g.runOK(alice, "status")
+	if !strings.Contains(out, "memory 512.0 MiB, cpus 0.5, /dev/shm 1.0 GiB, processes 300") {
 		t.Fatalf("status does not show the limits:\n%s", out)
+	}
+	// disk_quota: enforced where the storage driver can, and said to be
+	// unenforced where it cannot (fuse-overlayfs, overlay2 on ext4).
+	if size := hc.StorageOpt["size"]; size != "" {
+		if size != "10737418240" || !regexp.MustCompile(`disk quota +10.0 GiB`).MatchString(out) {
+			t.Fatalf("enforced disk quota: size %q, status:\n%s", size, out)
+		}
+	} else if !strings.Contains(first.stderr, "berth: note: your disk_quota is not enforced") ||
+		!regexp.MustCompile(`disk quota +not enforced`).MatchString(out) {
+		t.Fatalf("unenforced disk quota: first login %q, status:\n%s", first.stderr, out)
 	}
 }
 

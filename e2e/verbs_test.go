@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -349,5 +350,40 @@ func TestConfigPrintsAWorkingSSHConfigStanza(t *testing.T) {
 	out, err := exec.Command("ssh", "-F", path, "gpu", "id -un").Output()
 	if err != nil || strings.TrimSpace(string(out)) != alice.name {
 		t.Fatalf("ssh with the printed config: %v %q\n%s", err, out, stanza)
+	}
+}
+
+// Every edit of an environment's Dockerfile makes a new image. berth keeps
+// the current build and the one before it and removes older ones that no
+// container uses, so the disk does not fill with them.
+func TestOldBuildsOfAnEnvironmentAreRemoved(t *testing.T) {
+	t.Parallel()
+	alice := newUser(t, "alice")
+	df := dockerfile(t, "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo 1 > /etc/env-version\n")
+	g := startGateway(t, options{dockerfile: df, buildArgs: map[string]string{"NONCE": nonce()}}, alice)
+	g.runOK(alice, "true")
+	tags := []string{status(t, g, alice).Image}
+	for v := 2; v <= 4; v++ {
+		os.WriteFile(df, []byte(fmt.Sprintf("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo %d > /etc/env-version\n", v)), 0o644)
+		g.runOK(alice, "rebuild")
+		tags = append(tags, status(t, g, alice).Image)
+		testImages.Store(tags[len(tags)-1], true)
+	}
+	exists := func(tag string) bool {
+		_, err := docker.ImageInspect(t.Context(), tag)
+		return err == nil
+	}
+	for i, want := range []bool{false, false, true, true} {
+		if exists(tags[i]) != want {
+			t.Errorf("build %d (%s): exists %v, want %v", i+1, tags[i], !want, want)
+		}
+	}
+	if !exists(baseImage) || g.logs.count("old image removed", tags[0]) != 1 {
+		t.Fatalf("the base image is gone, or the removal is not logged:\n%s", g.logs)
+	}
+	// The build before is still there to roll back to.
+	g.runOK(alice, "rollback")
+	if out := g.runOK(alice, "cat /etc/env-version"); out != "3\n" {
+		t.Fatalf("after rollback: %q", out)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -168,15 +169,22 @@ func (e *Environment) Tag() string {
 		fmt.Fprintf(h, "file %q %o %d\n", f.name, f.mode, len(f.data))
 		h.Write(f.data)
 	}
-	keys := make([]string, 0, len(e.Args))
-	for k := range e.Args {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(e.Args)) {
 		fmt.Fprintf(h, "arg %q %q\n", k, e.Args[k])
 	}
 	return Repository + ":" + hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Lineage names the environment apart from its files: where its
+// Dockerfile is and its build args. Builds of one lineage replace each
+// other as the Dockerfile is edited, so older ones can be removed.
+func (e *Environment) Lineage() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q %q\n", e.Name, e.Dockerfile)
+	for _, k := range slices.Sorted(maps.Keys(e.Args)) {
+		fmt.Fprintf(h, "arg %q %q\n", k, e.Args[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 // Context returns the build context as a tar stream.

@@ -205,7 +205,12 @@ func printStatus(c *call, st containers.Status) {
 			orNone(l.Memory, bytes(l.Memory)), orNone(int64(l.CPUs*1000), fmt.Sprintf("%g", l.CPUs)),
 			bytes(l.ShmSize), orNone(l.PidsLimit, fmt.Sprint(l.PidsLimit)))
 	}
-	row("disk used", "%s under your data directory (no quota)", bytes(st.DiskUsed))
+	row("disk used", "%s under your data directory (home, projects, VS Code)", bytes(st.DiskUsed))
+	if l := st.Limits; l.DiskQuota > 0 {
+		row("disk quota", "%s on the container's own files (system packages); not on your data directory", bytes(l.DiskQuota))
+	} else if l.DiskQuotaUnsupported {
+		row("disk quota", "not enforced: this Docker engine's storage driver cannot cap a container's disk")
+	}
 	if st.Repo != "" {
 		cloned := "cloned in ~/projects"
 		if !st.RepoCloned {
