@@ -264,9 +264,23 @@ func within(path, dir string) bool {
 }
 
 // checkMount refuses mounts that would hand a container the Docker
-// socket, berth's own state, or other users' data.
-func (c *Config) checkMount(entry string) error {
-	m, err := ParseMount(strings.ReplaceAll(entry, "{user}", "user"))
+// socket, berth's own state, or other users' data, with {user} replaced
+// by each name in users (a name can make a harmless-looking pattern
+// point at berth's own directories).
+func (c *Config) checkMount(entry string, users ...string) error {
+	if len(users) == 0 {
+		users = []string{"user"}
+	}
+	for _, name := range users {
+		if err := c.checkMountAs(entry, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) checkMountAs(entry, user string) error {
+	m, err := ParseMount(strings.ReplaceAll(entry, "{user}", user))
 	if err != nil {
 		return err
 	}
@@ -730,8 +744,12 @@ func (c *Config) Validate() error {
 	if err := checkResources("", c.Resources); err != nil {
 		return err
 	}
+	names := make([]string, len(c.Users))
+	for i, u := range c.Users {
+		names[i] = u.Name
+	}
 	for i, m := range c.Mounts {
-		if err := c.checkMount(m); err != nil {
+		if err := c.checkMount(m, names...); err != nil {
 			return fmt.Errorf("mounts[%d]: %w", i, err)
 		}
 	}
@@ -785,7 +803,7 @@ func (c *Config) Validate() error {
 			return err
 		}
 		for j, m := range u.Mounts {
-			if err := c.checkMount(m); err != nil {
+			if err := c.checkMount(m, u.Name); err != nil {
 				return fmt.Errorf("%s.mounts[%d]: %w", key, j, err)
 			}
 		}

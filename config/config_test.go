@@ -109,6 +109,12 @@ func TestMountsAreCheckedAndNamed(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "users[0].mounts[0]") {
 		t.Errorf("user mount: %v", err)
 	}
+	// {user} is checked with each user's name: here it would mount the
+	// whole of berth's state into berth's own container.
+	_, err = Decode(strings.NewReader("state_dir: /srv/berth\nmounts: [\"/srv/{user}:/x\"]\nusers:\n  - name: berth\n    authorized_keys: [\""+key+"\"]\n"), "/etc/berth")
+	if err == nil || !strings.Contains(err.Error(), "mounts[0]: \"/srv/{user}:/x\" overlaps /srv/berth") {
+		t.Errorf("a {user} mount that reaches state_dir: %v", err)
+	}
 }
 
 func TestResources(t *testing.T) {
