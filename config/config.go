@@ -102,6 +102,10 @@ type Config struct {
 	PenaltyMax Duration  `yaml:"penalty_max"`
 	// PenaltyExempt are addresses or CIDR prefixes never penalised.
 	PenaltyExempt []string `yaml:"penalty_exempt"`
+	// PermitUserEnvironment applies authorized_keys environment="NAME=v"
+	// options, as sshd's PermitUserEnvironment. Default false: they are
+	// ignored.
+	PermitUserEnvironment bool `yaml:"permit_user_environment"`
 	// ShutdownGrace is how long SIGTERM lets open sessions drain before
 	// berth closes them. Containers keep running either way. Default 30s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`

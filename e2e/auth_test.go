@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -183,7 +184,7 @@ func TestRestrictedKeyGetsNoTerminalAndNoForwarding(t *testing.T) {
 func TestAKeyWithAnOptionBerthCannotEnforceIsRefused(t *testing.T) {
 	t.Parallel()
 	alice := newUser(t, "alice")
-	alice.pub = `from="10.9.9.9" ` + alice.pub
+	alice.pub = `tunnel="0" ` + alice.pub
 	g := startGateway(t, options{}, alice)
 	if r := run(t, g.ssh(alice, nil, "true"), ""); r.code != 255 || !strings.Contains(r.stderr, "Permission denied") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
@@ -240,4 +241,87 @@ func TestMaxStartupsCapsConnectionsThatHaveNotLoggedIn(t *testing.T) {
 	waitFor(t, "room again", 10*time.Second, func() bool {
 		return run(t, g.ssh(alice, nil, "true"), "").code == 0
 	})
+}
+
+// withOptions is u with authorized_keys options in front of its key.
+func withOptions(u user, opts string) user {
+	u.pub = opts + " " + u.pub
+	return u
+}
+
+// from= and expiry-time= decide whether the key works at all: from
+// loopback, a key limited to another network is refused, as is a key
+// whose time has passed; each refusal is logged with its reason.
+func TestFromAndExpiryTimeLimitWhenAndWhereAKeyWorks(t *testing.T) {
+	t.Parallel()
+	here := withOptions(newUser(t, "here"), `from="127.0.0.0/8,!127.0.0.2"`)
+	elsewhere := withOptions(newUser(t, "away"), `from="10.0.0.0/8"`)
+	current := withOptions(newUser(t, "cur"), `expiry-time="`+time.Now().Add(24*time.Hour).UTC().Format("20060102")+`Z"`)
+	expired := withOptions(newUser(t, "exp"), `expiry-time="20200101"`)
+	g := startGateway(t, options{}, here, elsewhere, current, expired)
+	for _, u := range []user{here, current} {
+		g.runOK(u, "true")
+	}
+	for _, u := range []user{elsewhere, expired} {
+		if r := run(t, g.ssh(u, nil, "true"), ""); r.code != 255 || !strings.Contains(r.stderr, "Permission denied") {
+			t.Fatalf("%s: exit %d %q", u.name, r.code, r.stderr)
+		}
+	}
+	if g.logs.count("key refused: its options", "user="+elsewhere.name, "from= does not allow this address: 127.0.0.1") == 0 ||
+		g.logs.count("key refused: its options", "user="+expired.name, "expiry-time has passed") == 0 {
+		t.Fatalf("refusals not logged with their reasons:\n%s", g.logs)
+	}
+}
+
+// permitopen= limits where ssh -L and -D go, and permitlisten= where ssh
+// -R listens, inside the container; everything else is refused.
+func TestPermitOpenAndPermitListenLimitForwards(t *testing.T) {
+	t.Parallel()
+	alice := withOptions(newUser(t, "alice"), `permitopen="localhost:8127",permitlisten="9127"`)
+	g := startGateway(t, options{}, alice)
+	want := g.serveHTTPInside(alice, 8127)
+	c := g.dial(alice)
+	conn, err := c.Dial("tcp", "localhost:8127")
+	if err != nil {
+		t.Fatalf("the permitted forward: %v", err)
+	}
+	fmt.Fprintf(conn, "GET /index.txt HTTP/1.0\r\n\r\n")
+	body, _ := io.ReadAll(conn)
+	conn.Close()
+	if !strings.HasSuffix(string(body), want) {
+		t.Fatalf("through the permitted forward: %q", body)
+	}
+	for _, dest := range []string{"127.0.0.1:8127", "localhost:22"} {
+		if _, err := c.Dial("tcp", dest); err == nil || !strings.Contains(err.Error(), "permitopen") {
+			t.Fatalf("forward to %s: %v", dest, err)
+		}
+	}
+	l, err := c.Listen("tcp", "127.0.0.1:9127")
+	if err != nil {
+		t.Fatalf("the permitted listen: %v", err)
+	}
+	l.Close()
+	if _, err := c.Listen("tcp", "127.0.0.1:9128"); err == nil {
+		t.Fatal("a listen permitlisten does not name was allowed")
+	}
+	if g.logs.count("forward refused: the key's permitopen", "localhost:22") == 0 || g.logs.count("remote forward refused", "9128") == 0 {
+		t.Fatalf("refusals not logged:\n%s", g.logs)
+	}
+}
+
+// environment= applies only where the operator allows it, as sshd's
+// PermitUserEnvironment; it never replaces berth's own SSH_ variables.
+func TestEnvironmentOptionOnlyWhereAllowed(t *testing.T) {
+	t.Parallel()
+	alice := withOptions(newUser(t, "alice"), `environment="LAB=vision",environment="SSH_CONNECTION=forged"`)
+	shared := options{stateDir: shortTempDir(t), dataRoot: t.TempDir()}
+	off := startGateway(t, shared, alice)
+	if out := off.runOK(alice, "echo ${LAB:-unset}"); out != "unset\n" {
+		t.Fatalf("without permit_user_environment: %q", out)
+	}
+	shared.extra = "permit_user_environment: true\n"
+	on := startGateway(t, shared, alice)
+	if out := on.runOK(alice, "echo $LAB; echo $SSH_CONNECTION"); !strings.HasPrefix(out, "vision\n127.0.0.1 ") {
+		t.Fatalf("with permit_user_environment: %q", out)
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -142,6 +143,10 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 		s.log.Warn("key refused: its options", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
 		return nil, keys.ErrDenied
 	}
+	if err := opts.Admit(meta.RemoteAddr(), time.Now()); err != nil {
+		s.log.Info("key refused: its options", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
+		return nil, keys.ErrDenied
+	}
 	return &ssh.Permissions{
 		Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp},
 		ExtraData:  map[any]any{optionsKey{}: opts},
@@ -236,7 +241,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	remote := tunnels.NewRemote(sconn, opener, s.met, log)
 	defer remote.Close()
 	var done sync.WaitGroup // everything this connection started
-	done.Go(func() { s.globalRequests(ctx, reqs, remote, forwarding) })
+	done.Go(func() { s.globalRequests(ctx, reqs, remote, forwarding, opts, log) })
 	if every := time.Duration(*s.cfg.KeepaliveInterval); every > 0 {
 		go keepalive(ctx, sconn, every, s.cfg.KeepaliveCountMax, log)
 	}
@@ -249,10 +254,9 @@ func (s *Server) serveConn(nc net.Conn) {
 		Login:     ref.Login(),
 		Container: ref.Name(),
 		Source:    nc.RemoteAddr().String(),
-		Env: []string{
-			"SSH_CONNECTION=" + sshConnection(nc),
-			"SSH_CLIENT=" + sshClient(nc),
-		},
+		// The key's environment= first, so that it cannot replace berth's
+		// own SSH_* variables.
+		Env: append(s.keyEnv(opts), "SSH_CONNECTION="+sshConnection(nc), "SSH_CLIENT="+sshClient(nc)),
 		AgentForwarding: s.cfg.ForwardingFor(user) && !opts.NoAgent,
 		NoPTY:           opts.NoPTY,
 		ForceCommand:    opts.Command,
@@ -276,6 +280,11 @@ func (s *Server) serveConn(nc net.Conn) {
 				nch.Reject(ssh.Prohibited, "forwarding is turned off for you")
 				continue
 			}
+			if network, addr, err := tunnels.Destination(nch); err == nil && !opts.AllowsOpen(network, addr) {
+				log.Info("forward refused: the key's permitopen", "to", addr)
+				nch.Reject(ssh.Prohibited, "the key's permitopen does not allow "+addr)
+				continue
+			}
 			done.Go(func() { tunnels.Direct(ctx, nch, opener, s.met, log) })
 		default:
 			nch.Reject(ssh.UnknownChannelType, fmt.Sprintf("berth does not support %s channels", typ))
@@ -294,12 +303,21 @@ func caller(ref containers.Ref, key string, nc net.Conn) verbs.Caller {
 }
 
 // globalRequests answers the connection's global requests until it
-// closes: remote forwards, and a failure reply for anything else, which
-// is all keepalive@openssh.com needs.
-func (s *Server) globalRequests(ctx context.Context, reqs <-chan *ssh.Request, remote *tunnels.Remote, forwarding bool) {
+// closes: remote forwards the key's permitlisten allows, and a failure
+// reply for anything else, which is all keepalive@openssh.com needs.
+func (s *Server) globalRequests(ctx context.Context, reqs <-chan *ssh.Request, remote *tunnels.Remote, forwarding bool, opts keys.Options, log *slog.Logger) {
 	for req := range reqs {
 		switch req.Type {
-		case tunnels.TCPIPForward, tunnels.CancelTCPIPForward, tunnels.UnixForward, tunnels.CancelUnixForward:
+		case tunnels.TCPIPForward, tunnels.UnixForward:
+			network, addr := listenAddr(req)
+			if forwarding && opts.AllowsListen(network, addr) {
+				remote.Handle(ctx, req)
+				continue
+			}
+			if forwarding {
+				log.Info("remote forward refused: the key's permitlisten", "listen", addr)
+			}
+		case tunnels.CancelTCPIPForward, tunnels.CancelUnixForward:
 			if forwarding {
 				remote.Handle(ctx, req)
 				continue
@@ -309,6 +327,31 @@ func (s *Server) globalRequests(ctx context.Context, reqs <-chan *ssh.Request, r
 			req.Reply(false, nil)
 		}
 	}
+}
+
+// listenAddr reads where a remote forward request wants to listen.
+func listenAddr(req *ssh.Request) (network, addr string) {
+	if req.Type == tunnels.UnixForward {
+		var p struct{ Path string }
+		ssh.Unmarshal(req.Payload, &p)
+		return "unix", p.Path
+	}
+	var p struct {
+		Addr string
+		Port uint32
+	}
+	ssh.Unmarshal(req.Payload, &p)
+	return "tcp", net.JoinHostPort(p.Addr, strconv.Itoa(int(p.Port)))
+}
+
+// keyEnv is the key's environment= settings where the config allows them
+// (permit_user_environment, as sshd's PermitUserEnvironment); otherwise
+// they are ignored, as sshd does.
+func (s *Server) keyEnv(opts keys.Options) []string {
+	if !s.cfg.PermitUserEnvironment {
+		return nil
+	}
+	return opts.Env
 }
 
 // keepalive asks the client for a reply every interval and closes the

@@ -4,10 +4,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -95,8 +99,20 @@ func TestParseOptions(t *testing.T) {
 		{[]string{"no-pty", "no-agent-forwarding"}, Options{NoPTY: true, NoAgent: true}, ""},
 		{[]string{`command="echo \"hi\"; id"`}, Options{Command: `echo "hi"; id`}, ""},
 		{[]string{"command=echo"}, Options{}, "command="},
-		{[]string{`from="10.0.0.0/8"`}, Options{}, "not supported"},
-		{[]string{`permitopen="localhost:80"`}, Options{}, "not supported"},
+		{[]string{`from="10.0.0.0/8,!10.1.2.3,192.168.*"`}, Options{From: []string{"10.0.0.0/8", "!10.1.2.3", "192.168.*"}}, ""},
+		{[]string{`from="10.0.0.0/33"`}, Options{}, "not an address/prefix"},
+		{[]string{`from=""`}, Options{}, "empty pattern"},
+		{[]string{`permitopen="localhost:80"`, `permitopen="*:8080"`}, Options{PermitOpen: []string{"localhost:80", "*:8080"}}, ""},
+		{[]string{`permitopen="80"`}, Options{}, "host:port"},
+		{[]string{`permitopen="h:http"`}, Options{}, "not a port"},
+		{[]string{`permitlisten="8080"`}, Options{PermitListen: []string{"8080"}}, ""},
+		{[]string{`expiry-time="20300101"`}, Options{Expiry: time.Date(2030, 1, 1, 0, 0, 0, 0, time.Local)}, ""},
+		{[]string{`expiry-time="203001011230Z"`}, Options{Expiry: time.Date(2030, 1, 1, 12, 30, 0, 0, time.UTC)}, ""},
+		{[]string{`expiry-time="tomorrow"`}, Options{}, "YYYYMMDD"},
+		{[]string{`environment="LAB=vision"`}, Options{Env: []string{"LAB=vision"}}, ""},
+		{[]string{`environment="=x"`}, Options{}, "NAME=value"},
+		{[]string{"cert-authority"}, Options{}, "not supported"},
+		{[]string{"verify-required"}, Options{}, "not supported"},
 	} {
 		got, err := ParseOptions(tc.opts)
 		if tc.err != "" {
@@ -105,9 +121,74 @@ func TestParseOptions(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tc.want {
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%q: got %+v, %v; want %+v", tc.opts, got, err, tc.want)
 		}
+	}
+}
+
+func TestOptionsAdmitBySourceAndTime(t *testing.T) {
+	addr := func(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		opts   []string
+		source string
+		want   error
+	}{
+		{nil, "203.0.113.9:5000", nil},
+		{[]string{`from="10.0.0.0/8"`}, "10.2.3.4:5000", nil},
+		{[]string{`from="10.0.0.0/8"`}, "203.0.113.9:5000", ErrNotFrom},
+		{[]string{`from="10.0.0.0/8,!10.1.2.3"`}, "10.1.2.3:5000", ErrNotFrom},
+		{[]string{`from="192.168.1.*"`}, "192.168.1.77:5000", nil},
+		{[]string{`from="192.168.1.?"`}, "192.168.1.77:5000", ErrNotFrom},
+		{[]string{`from="127.0.0.1"`}, "[::ffff:127.0.0.1]:5000", nil},
+		{[]string{`from="laptop.example.org"`}, "10.2.3.4:5000", ErrNotFrom},
+		{[]string{`expiry-time="20261128"`}, "10.2.3.4:5000", ErrExpired},
+		{[]string{`expiry-time="20261129Z"`}, "10.2.3.4:5000", nil},
+	} {
+		o, err := ParseOptions(tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Admit(addr(tc.source), now); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("%q from %s: %v, want %v", tc.opts, tc.source, err, tc.want)
+		}
+	}
+}
+
+func TestPermitOpenAndListen(t *testing.T) {
+	o, err := ParseOptions([]string{`permitopen="localhost:8888"`, `permitopen="*:6006"`, `permitlisten="9000"`, `permitlisten="0.0.0.0:*"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		open   bool
+		net    string
+		addr   string
+		permit bool
+	}{
+		{true, "tcp", "localhost:8888", true},
+		{true, "tcp", "LOCALHOST:8888", true},
+		{true, "tcp", "127.0.0.1:8888", false}, // names are not resolved, as in sshd
+		{true, "tcp", "10.0.0.5:6006", true},
+		{true, "tcp", "localhost:22", false},
+		{true, "unix", "/run/user/docker.sock", false},
+		{false, "tcp", "localhost:9000", true},
+		{false, "tcp", ":9000", true},
+		{false, "tcp", "10.0.0.1:9000", false},
+		{false, "tcp", "0.0.0.0:1234", true},
+		{false, "unix", "/tmp/s", false},
+	} {
+		got := o.AllowsListen(tc.net, tc.addr)
+		if tc.open {
+			got = o.AllowsOpen(tc.net, tc.addr)
+		}
+		if got != tc.permit {
+			t.Errorf("open %v %s %s: %v, want %v", tc.open, tc.net, tc.addr, got, tc.permit)
+		}
+	}
+	if none := (Options{}); !none.AllowsOpen("unix", "/x") || !none.AllowsListen("tcp", "0.0.0.0:1") {
+		t.Error("no permitopen or permitlisten must allow everything")
 	}
 }
 
@@ -131,7 +212,7 @@ func TestKeysDirAddTakesEffectAtTheNextLogin(t *testing.T) {
 	for _, bad := range []struct{ user, line, want string }{
 		{"carol", line(k), "already there"},
 		{"carol", "ssh-ed25519 garbage", "not an authorized_keys line"},
-		{"carol", `from="10.0.0.1" ` + line(newKey(t)), "not supported"},
+		{"carol", `tunnel="0" ` + line(newKey(t)), "not supported"},
 		{"dave", line(newKey(t)), "not a configured user"},
 	} {
 		if _, err := book.Add(bad.user, bad.line); err == nil || !strings.Contains(err.Error(), bad.want) {

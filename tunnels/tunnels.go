@@ -55,7 +55,7 @@ const (
 // are done. A destination that cannot be reached rejects the channel with
 // the reason, as sshd does. met may be nil.
 func Direct(ctx context.Context, nch ssh.NewChannel, o Opener, met *metrics.Metrics, log *slog.Logger) {
-	network, addr, err := destination(nch)
+	network, addr, err := Destination(nch)
 	if err != nil {
 		nch.Reject(ssh.ConnectionFailed, err.Error())
 		return
@@ -83,8 +83,8 @@ func Direct(ctx context.Context, nch ssh.NewChannel, o Opener, met *metrics.Metr
 	bridge(ctx, ch, c, met.Forward(nch.ChannelType()))
 }
 
-// destination reads where a direct channel wants to go.
-func destination(nch ssh.NewChannel) (network, addr string, err error) {
+// Destination reads where a direct channel wants to go.
+func Destination(nch ssh.NewChannel) (network, addr string, err error) {
 	switch nch.ChannelType() {
 	case DirectTCPIP:
 		var p struct {
