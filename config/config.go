@@ -102,6 +102,15 @@ type Config struct {
 	PenaltyMax Duration  `yaml:"penalty_max"`
 	// PenaltyExempt are addresses or CIDR prefixes never penalised.
 	PenaltyExempt []string `yaml:"penalty_exempt"`
+	// TrustedUserCAKeys is a file of CA public keys, one per line, as
+	// sshd's TrustedUserCAKeys: a user certificate one of them signed logs
+	// in as any configured user among its principals. Read at each login.
+	// Empty: certificates are not accepted.
+	TrustedUserCAKeys string `yaml:"trusted_user_ca_keys"`
+	// RevokedKeys is a file of public keys, one per line, as sshd's
+	// RevokedKeys: none of them, and no certificate they signed, logs in.
+	// Read at each login; one that cannot be read refuses every key.
+	RevokedKeys string `yaml:"revoked_keys"`
 	// PermitUserEnvironment applies authorized_keys environment="NAME=v"
 	// options, as sshd's PermitUserEnvironment. Default false: they are
 	// ignored.
@@ -547,6 +556,11 @@ func (c *Config) setDefaults() {
 	}
 	if c.KeysDir == "" {
 		c.KeysDir = filepath.Join(c.StateDir, "keys")
+	}
+	for _, p := range []*string{&c.TrustedUserCAKeys, &c.RevokedKeys} {
+		if *p != "" {
+			*p = c.Path(*p)
+		}
 	}
 	c.KeysDir = c.Path(c.KeysDir)
 	c.StateDir = c.Path(c.StateDir)

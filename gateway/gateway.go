@@ -46,14 +46,17 @@ const (
 	extUser     = "berth-user"
 	extInstance = "berth-instance"
 	extKey      = "berth-key-fp"
+	extCA       = "berth-ca-fp"   // set for a certificate login
+	extCertID   = "berth-cert-id" // the certificate's key ID
 )
 
 // optionsKey keys the signing key's keys.Options in Permissions.ExtraData.
 type optionsKey struct{}
 
-// Authorizer decides whether key may log in as user.
+// Authorizer decides whether key may log in as user, or cert from source.
 type Authorizer interface {
 	Authorize(user string, key ssh.PublicKey) (keys.Entry, error)
+	AuthorizeCert(user string, cert *ssh.Certificate, source net.Addr) (opts keys.Options, ca string, err error)
 }
 
 // Server is the SSH gateway.
@@ -132,6 +135,9 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 		s.log.Info("key refused: invalid login name", "source", meta.RemoteAddr().String(), "key", fp)
 		return nil, keys.ErrDenied
 	}
+	if cert, ok := key.(*ssh.Certificate); ok {
+		return s.authorizeCert(meta, name, instance, cert)
+	}
 	entry, err := s.auth.Authorize(name, key)
 	if err != nil {
 		// Unknown user and wrong key look the same to the client.
@@ -150,6 +156,25 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 	return &ssh.Permissions{
 		Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp},
 		ExtraData:  map[any]any{optionsKey{}: opts},
+	}, nil
+}
+
+// authorizeCert is authorize for an OpenSSH user certificate: the
+// certificate, not an authorized_keys line, says what its holder may do.
+func (s *Server) authorizeCert(meta ssh.ConnMetadata, name, instance string, cert *ssh.Certificate) (*ssh.Permissions, error) {
+	fp := ssh.FingerprintSHA256(cert.Key)
+	opts, ca, err := s.auth.AuthorizeCert(name, cert, meta.RemoteAddr())
+	if err != nil {
+		s.log.Info("certificate refused", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "ca", ca,
+			"cert_id", cert.KeyId, "serial", cert.Serial, "principals", cert.ValidPrincipals, "valid", keys.CertValidity(cert), "err", err)
+		return nil, keys.ErrDenied
+	}
+	return &ssh.Permissions{
+		// x/crypto/ssh checks source-address again from here.
+		CriticalOptions: cert.CriticalOptions,
+		Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp, extCA: ca,
+			extCertID: cert.KeyId},
+		ExtraData: map[any]any{optionsKey{}: opts},
 	}, nil
 }
 
@@ -232,7 +257,11 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	opts, _ := sconn.Permissions.ExtraData[optionsKey{}].(keys.Options)
 	log = log.With("user", ref.Login(), "container", ref.Name())
-	log.Info("authenticated", "key", ext[extKey], "client", string(sconn.ClientVersion()))
+	if ca := ext[extCA]; ca != "" {
+		log.Info("authenticated", "key", ext[extKey], "ca", ca, "cert_id", ext[extCertID], "client", string(sconn.ClientVersion()))
+	} else {
+		log.Info("authenticated", "key", ext[extKey], "client", string(sconn.ClientVersion()))
+	}
 
 	ctx, cancel := context.WithCancelCause(s.base)
 	defer cancel(errors.New("connection closed"))
@@ -256,7 +285,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		Source:    nc.RemoteAddr().String(),
 		// The key's environment= first, so that it cannot replace berth's
 		// own SSH_* variables.
-		Env: append(s.keyEnv(opts), "SSH_CONNECTION="+sshConnection(nc), "SSH_CLIENT="+sshClient(nc)),
+		Env:             append(s.keyEnv(opts), "SSH_CONNECTION="+sshConnection(nc), "SSH_CLIENT="+sshClient(nc)),
 		AgentForwarding: s.cfg.ForwardingFor(user) && !opts.NoAgent,
 		NoPTY:           opts.NoPTY,
 		ForceCommand:    opts.Command,

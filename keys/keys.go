@@ -59,6 +59,9 @@ func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
 	if !ok {
 		return Entry{}, ErrDenied
 	}
+	if err := b.checkRevoked(key); err != nil {
+		return Entry{}, errors.Join(ErrDenied, err)
+	}
 	want := key.Marshal()
 	var problems []error
 	if entries, err := ReadFile(b.userFile(user)); err == nil || !errors.Is(err, fs.ErrNotExist) {
@@ -103,6 +106,14 @@ func (b *Book) Authorize(user string, key ssh.PublicKey) (Entry, error) {
 // /readyz calls it, so a broken edit shows before someone is locked out.
 func (b *Book) Check() error {
 	var problems []error
+	for _, f := range []struct{ key, path string }{{"trusted_user_ca_keys", b.cfg.TrustedUserCAKeys}, {"revoked_keys", b.cfg.RevokedKeys}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := b.readKeys(f.path); err != nil {
+			problems = append(problems, fmt.Errorf("%s: %w", f.key, err))
+		}
+	}
 	for _, u := range b.cfg.Users {
 		if _, err := ReadFile(b.userFile(u.Name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			problems = append(problems, err)
