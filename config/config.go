@@ -115,6 +115,17 @@ type Config struct {
 	// options, as sshd's PermitUserEnvironment. Default false: they are
 	// ignored.
 	PermitUserEnvironment bool `yaml:"permit_user_environment"`
+	// MaxSessions caps the SSH sessions (shells, commands, SFTP) one user
+	// may have open at once, across connections; 0, the default, is no
+	// cap. Per user too.
+	MaxSessions int `yaml:"max_sessions"`
+	// SessionIdleTimeout hangs up a session with no input and no output
+	// for this long, as sshd's ChannelTimeout session=; 0s, the default,
+	// never does. Forwards are not sessions and are never timed out.
+	SessionIdleTimeout Duration `yaml:"session_idle_timeout"`
+	// SessionMaxDuration hangs up a session this long after it started;
+	// 0s, the default, never does.
+	SessionMaxDuration Duration `yaml:"session_max_duration"`
 	// ShutdownGrace is how long SIGTERM lets open sessions drain before
 	// berth closes them. Containers keep running either way. Default 30s.
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
@@ -206,6 +217,8 @@ type User struct {
 	// GPUs and GPUFallback override the global settings.
 	GPUs        string `yaml:"gpus"`
 	GPUFallback string `yaml:"gpu_fallback"`
+	// MaxSessions overrides the global setting.
+	MaxSessions int `yaml:"max_sessions"`
 	// MaxContainers and IdleStopAfter override the global settings.
 	MaxContainers int       `yaml:"max_containers"`
 	IdleStopAfter *Duration `yaml:"idle_stop_after"`
@@ -630,6 +643,14 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// MaxSessionsFor is how many sessions u may have open; 0 is no cap.
+func (c *Config) MaxSessionsFor(u User) int {
+	if u.MaxSessions > 0 {
+		return u.MaxSessions
+	}
+	return c.MaxSessions
+}
+
 // RepoFor is u's repository, or nil for none.
 func (c *Config) RepoFor(u User) *Repo {
 	if u.Repo != nil {
@@ -720,6 +741,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown_grace: must not be negative")
+	}
+	if c.MaxSessions < 0 {
+		return errors.New("max_sessions: must not be negative (0 is no cap)")
+	}
+	if c.SessionIdleTimeout < 0 || c.SessionMaxDuration < 0 {
+		return errors.New("session_idle_timeout, session_max_duration: must not be negative (0s is none)")
 	}
 	if err := checkRepo("repo", c.Repo); err != nil {
 		return err
@@ -830,6 +857,9 @@ func (c *Config) Validate() error {
 		}
 		if u.GPUFallback != "" && u.GPUFallback != "cpu" {
 			return fmt.Errorf("%s.gpu_fallback: %q is not cpu", key, u.GPUFallback)
+		}
+		if u.MaxSessions < 0 {
+			return fmt.Errorf("%s.max_sessions: must not be negative (0 is the global value)", key)
 		}
 		if u.MaxContainers < 0 {
 			return fmt.Errorf("%s.max_containers: %d must be at least 1", key, u.MaxContainers)

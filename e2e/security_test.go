@@ -37,3 +37,48 @@ func TestContainersCannotReachEachOther(t *testing.T) {
 		t.Fatalf("berth's own files: %q", out)
 	}
 }
+
+// max_sessions caps one user's open sessions across connections; the
+// next is refused with the reason, and other users are not affected.
+func TestMaxSessionsCapsAUsersOpenSessions(t *testing.T) {
+	t.Parallel()
+	alice, bob := newUser(t, "alice"), newUser(t, "bob")
+	g := startGateway(t, options{extra: "max_sessions: 2\n"}, alice, bob)
+	g.runOK(alice, "true")
+	for range 2 {
+		background(t, g.ssh(alice, nil, "sleep 60"))
+	}
+	waitFor(t, "alice's two sessions", 20*time.Second, func() bool { return g.logs.count("process started", "user="+alice.name) >= 3 })
+	if r := run(t, g.ssh(alice, nil, "true"), ""); r.code != 255 {
+		t.Fatalf("a third session: exit %d %q", r.code, r.stderr)
+	}
+	// OpenSSH shows the reason at its default log level; x/crypto's
+	// client returns it.
+	if _, err := g.dial(alice).NewSession(); err == nil || !strings.Contains(err.Error(), "you have 2 sessions open, the most berth allows you (max_sessions)") {
+		t.Fatalf("a third session: %v", err)
+	}
+	g.runOK(bob, "true")
+}
+
+// session_idle_timeout hangs up a session with no input or output, and
+// only such a one; session_max_duration hangs up any session that runs
+// too long. The user is told why.
+func TestSessionTimeouts(t *testing.T) {
+	t.Parallel()
+	alice, bob := newUser(t, "alice"), newUser(t, "bob")
+	idle := startGateway(t, options{extra: "session_idle_timeout: 1s\n"}, alice)
+	idle.runOK(alice, "true")
+	r := run(t, idle.ssh(alice, nil, "sleep 20"), "")
+	if r.code == 0 || !strings.Contains(r.stderr, "berth: the session was idle for 1s (session_idle_timeout); hung up.") {
+		t.Fatalf("an idle session: exit %d %q", r.code, r.stderr)
+	}
+	if out := idle.runOK(alice, "for i in 1 2 3 4 5 6; do echo $i; sleep 0.4; done"); out != "1\n2\n3\n4\n5\n6\n" {
+		t.Fatalf("a busy session was cut: %q", out)
+	}
+	longest := startGateway(t, options{extra: "session_max_duration: 2s\n"}, bob)
+	longest.runOK(bob, "true")
+	r = run(t, longest.ssh(bob, nil, "while :; do echo tick; sleep 0.2; done"), "")
+	if r.code == 0 || !strings.Contains(r.stderr, "longest allowed time, 2s (session_max_duration); hung up.") {
+		t.Fatalf("a long session: exit %d %q", r.code, r.stderr)
+	}
+}

@@ -119,3 +119,33 @@ func addrIP(addr net.Addr) netip.Addr {
 	}
 	return netip.Addr{}
 }
+
+// sessionCounts counts each user's open sessions across connections, for
+// max_sessions.
+type sessionCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// acquire counts a new session of user unless it would pass limit (0 is
+// no limit).
+func (c *sessionCounts) acquire(user string, limit int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if limit > 0 && c.n[user] >= limit {
+		return false
+	}
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[user]++
+	return true
+}
+
+func (c *sessionCounts) release(user string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[user]--; c.n[user] <= 0 {
+		delete(c.n, user)
+	}
+}

@@ -67,6 +67,7 @@ type Server struct {
 	verbs      *verbs.Handler
 	registry   *sessions.Registry
 	admission  *admission
+	sessions   sessionCounts
 	met        *metrics.Metrics
 	log        *slog.Logger
 	ssh        *ssh.ServerConfig
@@ -290,20 +291,32 @@ func (s *Server) serveConn(nc net.Conn) {
 		NoPTY:           opts.NoPTY,
 		ForceCommand:    opts.Command,
 		Metrics:         s.met,
+		IdleTimeout:     time.Duration(s.cfg.SessionIdleTimeout),
+		MaxDuration:     time.Duration(s.cfg.SessionMaxDuration),
 	}
+	maxSessions := s.cfg.MaxSessionsFor(user)
 	n := 0
 	for nch := range chans {
 		switch typ := nch.ChannelType(); {
 		case typ == "session":
+			if !s.sessions.acquire(user.Name, maxSessions) {
+				log.Info("session refused: max_sessions", "max", maxSessions)
+				nch.Reject(ssh.ResourceShortage, fmt.Sprintf("you have %d sessions open, the most berth allows you (max_sessions)", maxSessions))
+				continue
+			}
 			ch, creqs, err := nch.Accept()
 			if err != nil {
+				s.sessions.release(user.Name)
 				log.Info("accept session", "err", err)
 				continue
 			}
 			n++
 			c := conn
 			c.Log = log.With("session", n)
-			done.Go(func() { sessions.New(ch, c).Serve(ctx, creqs) })
+			done.Go(func() {
+				defer s.sessions.release(user.Name)
+				sessions.New(ch, c).Serve(ctx, creqs)
+			})
 		case typ == tunnels.DirectTCPIP || typ == tunnels.DirectStreamlocal:
 			if !forwarding {
 				nch.Reject(ssh.Prohibited, "forwarding is turned off for you")

@@ -20,6 +20,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/creack/pty"
@@ -102,6 +103,9 @@ type Conn struct {
 	ForceCommand string
 	// Metrics counts the session and times its phases; it may be nil.
 	Metrics *metrics.Metrics
+	// IdleTimeout and MaxDuration hang the session up when it has had no
+	// input or output for that long, or has run that long; 0 is never.
+	IdleTimeout, MaxDuration time.Duration
 }
 
 // Session is one SSH "session" channel.
@@ -110,6 +114,10 @@ type Session struct {
 	conn Conn
 	log  *slog.Logger
 	env  []string
+
+	// active is when bytes last passed on the channel, in unix
+	// nanoseconds, for the idle timeout.
+	active atomic.Int64
 
 	mu           sync.Mutex
 	tty          *agent.TTY // set by pty-req
@@ -121,7 +129,13 @@ type Session struct {
 
 // New returns a session on ch.
 func New(ch ssh.Channel, c Conn) *Session {
-	return &Session{ch: ch, conn: c, log: c.Log, env: append([]string(nil), c.Env...)}
+	s := &Session{conn: c, log: c.Log, env: append([]string(nil), c.Env...)}
+	s.active.Store(time.Now().UnixNano())
+	s.ch = ch
+	if c.IdleTimeout > 0 {
+		s.ch = activeChannel{ch, &s.active}
+	}
+	return s
 }
 
 // program is what a session runs: a command through the shell (empty for
@@ -290,6 +304,9 @@ func (s *Session) run(ctx context.Context, prog program) {
 		}
 	}()
 	begin := time.Now()
+	ctx, hangup := context.WithCancelCause(ctx)
+	defer hangup(nil)
+	go s.watchTimeouts(ctx, hangup, begin)
 	if s.conn.Registry != nil {
 		defer s.conn.Registry.track(Info{Login: s.conn.Login, Container: s.conn.Container, Source: s.conn.Source, Command: prog.String()})()
 	}
