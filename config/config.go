@@ -146,6 +146,13 @@ type Config struct {
 	// driver's CUDA version) and gives it to pip as an extra index at each
 	// container start. Empty: no extra index.
 	TorchIndex string `yaml:"torch_index"`
+	// AuditLog is the audit trail, JSON lines: connections, logins,
+	// sessions, forwards, verbs and container events. Default
+	// <state_dir>/audit.log; "off" turns it off.
+	AuditLog string `yaml:"audit_log"`
+	// AuditLogMaxSize rotates the audit log at this size, keeping five
+	// old files (audit.log.1 to .5). Default 100m.
+	AuditLogMaxSize string `yaml:"audit_log_max_size"`
 	// Users are the people who may log in.
 	Users []User `yaml:"users"`
 	// Admins are users allowed the operator verbs.
@@ -570,6 +577,15 @@ func (c *Config) setDefaults() {
 	if c.KeysDir == "" {
 		c.KeysDir = filepath.Join(c.StateDir, "keys")
 	}
+	if c.AuditLog == "" {
+		c.AuditLog = filepath.Join(c.StateDir, "audit.log")
+	}
+	if c.AuditLogMaxSize == "" {
+		c.AuditLogMaxSize = "100m"
+	}
+	if c.AuditLog != "off" {
+		c.AuditLog = c.Path(c.AuditLog)
+	}
 	for _, p := range []*string{&c.TrustedUserCAKeys, &c.RevokedKeys} {
 		if *p != "" {
 			*p = c.Path(*p)
@@ -641,6 +657,12 @@ func (c *Config) setDefaults() {
 	if c.PythonPackages == nil {
 		c.PythonPackages = &[]string{"torch", "sentence-transformers"}
 	}
+}
+
+// AuditLogBytes is audit_log_max_size in bytes.
+func (c *Config) AuditLogBytes() int64 {
+	n, _ := units.RAMInBytes(c.AuditLogMaxSize)
+	return n
 }
 
 // MaxSessionsFor is how many sessions u may have open; 0 is no cap.
@@ -741,6 +763,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		return errors.New("shutdown_grace: must not be negative")
+	}
+	if n, err := units.RAMInBytes(c.AuditLogMaxSize); err != nil || n <= 0 {
+		return fmt.Errorf("audit_log_max_size: %q is not a size like 100m", c.AuditLogMaxSize)
 	}
 	if c.MaxSessions < 0 {
 		return errors.New("max_sessions: must not be negative (0 is no cap)")

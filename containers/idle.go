@@ -9,6 +9,8 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
+
+	"github.com/berth-ssh/berth/audit"
 )
 
 // Activity tells the idle stop which containers have sessions.
@@ -100,7 +102,7 @@ func (m *Manager) stopIdleOnce(ctx context.Context, a Activity, began time.Time)
 			if a.Active(name) > 0 { // someone came back meanwhile
 				return nil
 			}
-			m.log.Info("stopping idle container", "container", name, "idle_for", time.Since(last).Round(time.Second))
+			m.log.Info("stopping idle container", audit.Event("container"), "container", name, "idle_for", time.Since(last).Round(time.Second))
 			return m.stop(ctx, name, false)
 		})
 	}

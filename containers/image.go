@@ -17,6 +17,7 @@ import (
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/environment"
 )
 
@@ -80,7 +81,7 @@ func (m *Manager) build(ctx context.Context, env *environment.Environment, noCac
 	}
 	m.met.Build(true, time.Since(begin))
 	m.removeOldImages(ctx, env)
-	m.log.Info("image built", "image", tag, "took", since(begin))
+	m.log.Info("image built", audit.Event("image"), "image", tag, "took", since(begin))
 	fmt.Fprintf(progress, "berth: built %s in %s\n", tag, since(begin))
 	return nil
 }
@@ -120,7 +121,7 @@ func (m *Manager) removeOldImages(ctx context.Context, env *environment.Environm
 					m.log.Warn("old image not removed", "image", tag, "err", err)
 					continue
 				}
-				m.log.Info("old image removed", "image", tag, "environment", env.Name)
+				m.log.Info("old image removed", audit.Event("image"), "image", tag, "environment", env.Name)
 			}
 		}
 	}

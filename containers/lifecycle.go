@@ -19,6 +19,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/audit"
 )
 
 // The lifecycle of a user's container, as the verbs drive it. Each takes
@@ -85,9 +86,9 @@ func (m *Manager) stop(ctx context.Context, name string, remove bool) error {
 		if _, err := m.docker.ContainerRemove(ctx, name, client.ContainerRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
 			return m.dockerFailure(ctx, "berth could not remove your container", err)
 		}
-		m.log.Info("container removed", "container", name)
+		m.log.Info("container removed", audit.Event("container"), "container", name)
 	} else {
-		m.log.Info("container stopped", "container", name)
+		m.log.Info("container stopped", audit.Event("container"), "container", name)
 	}
 	return nil
 }
@@ -265,7 +266,7 @@ func (m *Manager) Prune(ctx context.Context, r Ref, data bool) ([]string, error)
 			}
 			if _, err := m.docker.ImageRemove(ctx, id, client.ImageRemoveOptions{Force: true, PruneChildren: true}); err == nil {
 				removed = append(removed, "image "+shortID(id))
-				m.log.Info("image removed", "image", id, "by", name)
+				m.log.Info("image removed", audit.Event("image"), "image", id, "by", name)
 			} else if !cerrdefs.IsNotFound(err) {
 				m.log.Warn("image not removed", "image", id, "err", err)
 			}

@@ -38,6 +38,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/environment"
 	"github.com/berth-ssh/berth/gpus"
@@ -468,6 +469,7 @@ func (m *Manager) start(ctx context.Context, name string, progress io.Writer) er
 		return err
 	}
 	fmt.Fprintf(progress, "berth: container ready in %s\n", since(begin))
+	m.log.Info("container started", audit.Event("container"), "container", name, "took", since(begin))
 	return nil
 }
 
@@ -733,7 +735,7 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 	if err != nil {
 		return m.dockerFailure(ctx, "berth could not create your container", err)
 	}
-	m.log.Info("container created", "container", name, "image", s.Image, "uid", a.UID, "gid", a.GID)
+	m.log.Info("container created", audit.Event("container"), "container", name, "image", s.Image, "uid", a.UID, "gid", a.GID)
 	return nil
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/moby/moby/client"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/environment"
@@ -199,7 +200,11 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 	cfg, cfgPath := gatewayConfig(t, o, users...)
 	recordTestImages(cfg, users)
 	logs := &logBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	trail, err := audit.Open(cfg.AuditLog, cfg.AuditLogBytes(), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(audit.Tee(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}), trail))
 	lib := o.nvml
 	if lib == nil {
 		lib = nvml.New()
@@ -227,6 +232,7 @@ func startGateway(t *testing.T, o options, users ...user) *gw {
 		srv.Shutdown(ctx)
 		m.Close()
 		inv.Close()
+		trail.Close()
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", logs)
 		}

@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/berth-ssh/berth/containers"
 )
@@ -80,5 +85,82 @@ func TestSessionTimeouts(t *testing.T) {
 	r = run(t, longest.ssh(bob, nil, "while :; do echo tick; sleep 0.2; done"), "")
 	if r.code == 0 || !strings.Contains(r.stderr, "longest allowed time, 2s (session_max_duration); hung up.") {
 		t.Fatalf("a long session: exit %d %q", r.code, r.stderr)
+	}
+}
+
+// auditEvents reads the gateway's audit log.
+func auditEvents(t *testing.T, g *gw) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(g.cfg.AuditLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for line := range strings.Lines(string(data)) {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("audit log line %q: %v", line, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// The audit log under state_dir says who connected, who logged in with
+// which key (and which key was refused), what each session ran and how it
+// ended, every forward and verb, and what happened to containers.
+func TestAuditLogRecordsWhoDidWhat(t *testing.T) {
+	t.Parallel()
+	alice, stranger := newUser(t, "alice"), newUser(t, "eve")
+	g := startGateway(t, options{}, alice)
+	if r := run(t, g.ssh(alice, nil, "exit 3"), ""); r.code != 3 {
+		t.Fatalf("exit %d", r.code)
+	}
+	g.runOK(alice, "status")
+	want := g.serveHTTPInside(alice, 8128)
+	port := g.localForward(alice, "-L", ":127.0.0.1:8128")
+	if got := httpGet(t, "http://127.0.0.1:"+port+"/index.txt", ""); got != want {
+		t.Fatalf("ssh -L: %q", got)
+	}
+	run(t, exec.Command("ssh", append(g.sshArgs(stranger), alice.name+"@127.0.0.1", "true")...), "")
+
+	aliceKey := ssh.FingerprintSHA256(alice.signer.PublicKey())
+	find := func(what string, match func(e map[string]any) bool) {
+		t.Helper()
+		waitFor(t, what+" in the audit log", 10*time.Second, func() bool {
+			for _, e := range auditEvents(t, g) {
+				if match(e) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	is := func(e map[string]any, kv ...string) bool {
+		for i := 0; i < len(kv); i += 2 {
+			if fmt.Sprint(e[kv[i]]) != kv[i+1] {
+				return false
+			}
+		}
+		return true
+	}
+	find("a connection", func(e map[string]any) bool { return is(e, "event", "connect") && e["source"] != nil })
+	find("alice's login", func(e map[string]any) bool {
+		return is(e, "event", "auth", "result", "ok", "user", alice.name, "key", aliceKey)
+	})
+	find("the stranger's refused key", func(e map[string]any) bool {
+		return is(e, "event", "auth", "result", "failed", "key", ssh.FingerprintSHA256(stranger.signer.PublicKey()))
+	})
+	find("the session's start", func(e map[string]any) bool { return is(e, "event", "session-start", "command", "exit 3") })
+	find("the session's end", func(e map[string]any) bool {
+		return is(e, "event", "session-end", "command", "exit 3", "status", "exit 3") && e["took"] != nil
+	})
+	find("the verb", func(e map[string]any) bool { return is(e, "event", "verb", "command", "status", "key", aliceKey) })
+	find("the forward", func(e map[string]any) bool { return is(e, "event", "forward", "to", "127.0.0.1:8128") })
+	find("the container", func(e map[string]any) bool {
+		return is(e, "event", "container", "msg", "container created", "container", containers.Name(alice.name))
+	})
+	if st, err := os.Stat(g.cfg.AuditLog); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("audit log: %v %v", st, err)
 	}
 }

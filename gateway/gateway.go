@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/keys"
@@ -133,7 +134,7 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 	fp := ssh.FingerprintSHA256(key)
 	name, instance, ok := config.SplitLogin(meta.User())
 	if !ok {
-		s.log.Info("key refused: invalid login name", "source", meta.RemoteAddr().String(), "key", fp)
+		s.log.Info("key refused: invalid login name", audit.Event("auth"), "result", "failed", "source", meta.RemoteAddr().String(), "key", fp)
 		return nil, keys.ErrDenied
 	}
 	if cert, ok := key.(*ssh.Certificate); ok {
@@ -142,16 +143,16 @@ func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permi
 	entry, err := s.auth.Authorize(name, key)
 	if err != nil {
 		// Unknown user and wrong key look the same to the client.
-		s.log.Info("key refused", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "detail", err)
+		s.log.Info("key refused", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "detail", err)
 		return nil, keys.ErrDenied
 	}
 	opts, err := keys.ParseOptions(entry.Options)
 	if err != nil {
-		s.log.Warn("key refused: its options", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
+		s.log.Warn("key refused: its options", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
 		return nil, keys.ErrDenied
 	}
 	if err := opts.Admit(meta.RemoteAddr(), time.Now()); err != nil {
-		s.log.Info("key refused: its options", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
+		s.log.Info("key refused: its options", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
 		return nil, keys.ErrDenied
 	}
 	return &ssh.Permissions{
@@ -166,7 +167,7 @@ func (s *Server) authorizeCert(meta ssh.ConnMetadata, name, instance string, cer
 	fp := ssh.FingerprintSHA256(cert.Key)
 	opts, ca, err := s.auth.AuthorizeCert(name, cert, meta.RemoteAddr())
 	if err != nil {
-		s.log.Info("certificate refused", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "ca", ca,
+		s.log.Info("certificate refused", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "ca", ca,
 			"cert_id", cert.KeyId, "serial", cert.Serial, "principals", cert.ValidPrincipals, "valid", keys.CertValidity(cert), "err", err)
 		return nil, keys.ErrDenied
 	}
@@ -231,6 +232,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		}
 	}()
 
+	log.Debug("connection", audit.Event("connect"), "local", nc.LocalAddr().String())
 	accepted := time.Now()
 	nc.SetDeadline(accepted.Add(handshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
@@ -259,9 +261,9 @@ func (s *Server) serveConn(nc net.Conn) {
 	opts, _ := sconn.Permissions.ExtraData[optionsKey{}].(keys.Options)
 	log = log.With("user", ref.Login(), "container", ref.Name())
 	if ca := ext[extCA]; ca != "" {
-		log.Info("authenticated", "key", ext[extKey], "ca", ca, "cert_id", ext[extCertID], "client", string(sconn.ClientVersion()))
+		log.Info("authenticated", audit.Event("auth"), "result", "ok", "key", ext[extKey], "ca", ca, "cert_id", ext[extCertID], "client", string(sconn.ClientVersion()))
 	} else {
-		log.Info("authenticated", "key", ext[extKey], "client", string(sconn.ClientVersion()))
+		log.Info("authenticated", audit.Event("auth"), "result", "ok", "key", ext[extKey], "client", string(sconn.ClientVersion()))
 	}
 
 	ctx, cancel := context.WithCancelCause(s.base)
@@ -300,7 +302,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		switch typ := nch.ChannelType(); {
 		case typ == "session":
 			if !s.sessions.acquire(user.Name, maxSessions) {
-				log.Info("session refused: max_sessions", "max", maxSessions)
+				log.Info("session refused: max_sessions", audit.Event("session-refused"), "max", maxSessions)
 				nch.Reject(ssh.ResourceShortage, fmt.Sprintf("you have %d sessions open, the most berth allows you (max_sessions)", maxSessions))
 				continue
 			}
@@ -323,7 +325,7 @@ func (s *Server) serveConn(nc net.Conn) {
 				continue
 			}
 			if network, addr, err := tunnels.Destination(nch); err == nil && !opts.AllowsOpen(network, addr) {
-				log.Info("forward refused: the key's permitopen", "to", addr)
+				log.Info("forward refused: the key's permitopen", audit.Event("forward"), "result", "refused", "to", addr)
 				nch.Reject(ssh.Prohibited, "the key's permitopen does not allow "+addr)
 				continue
 			}
@@ -335,7 +337,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	cancel(errors.New("connection closed"))
 	remote.Close()
 	done.Wait()
-	log.Info("connection closed")
+	log.Info("connection closed", audit.Event("disconnect"))
 }
 
 // caller describes the connection to the verbs.
@@ -357,7 +359,7 @@ func (s *Server) globalRequests(ctx context.Context, reqs <-chan *ssh.Request, r
 				continue
 			}
 			if forwarding {
-				log.Info("remote forward refused: the key's permitlisten", "listen", addr)
+				log.Info("remote forward refused: the key's permitlisten", audit.Event("forward"), "result", "refused", "listen", addr)
 			}
 		case tunnels.CancelTCPIPForward, tunnels.CancelUnixForward:
 			if forwarding {

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/metrics"
 	"github.com/berth-ssh/berth/tunnels"
@@ -311,12 +312,13 @@ func (s *Session) run(ctx context.Context, prog program) {
 		defer s.conn.Registry.track(Info{Login: s.conn.Login, Container: s.conn.Container, Source: s.conn.Source, Command: prog.String()})()
 	}
 	kind := prog.kind()
+	s.log.Debug("session started", audit.Event("session-start"), "command", prog.String(), "tty", s.hasTTY())
 	ended := s.conn.Metrics.SessionStarted(s.conn.Login)
 	defer func() { ended(kind) }()
 	if run, ok := s.verb(prog); ok {
 		kind = "verb"
 		code := run(ctx, s.stdio())
-		s.log.Info("verb ended", "command", prog.String(), "status", code, "took", time.Since(begin).Round(time.Millisecond))
+		s.log.Info("verb ended", audit.Event("session-end"), "command", prog.String(), "status", code, "took", time.Since(begin).Round(time.Millisecond))
 		s.sendExit(agent.ExitStatus{Code: code})
 		return
 	}
@@ -349,7 +351,7 @@ func (s *Session) run(ctx context.Context, prog program) {
 		s.fail(ctx, "run", err)
 		return
 	}
-	s.log.Info("session ended", "command", prog.String(), "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
+	s.log.Info("session ended", audit.Event("session-end"), "command", prog.String(), "status", status.String(), "took", time.Since(begin).Round(time.Millisecond))
 	s.sendExit(status)
 }
 
@@ -388,6 +390,12 @@ func (s *Session) stdio() Stdio {
 		out, errw = crlfWriter{out}, crlfWriter{errw}
 	}
 	return Stdio{In: s.ch, Out: out, Err: errw, TTY: tty}
+}
+
+func (s *Session) hasTTY() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tty != nil
 }
 
 func (s *Session) wantsAgent() bool {
@@ -541,7 +549,7 @@ func (s *Session) sendExit(st agent.ExitStatus) {
 // up on is only logged.
 func (s *Session) fail(ctx context.Context, step string, err error) {
 	if ctx.Err() != nil {
-		s.log.Info("session hung up", "step", step, "err", err)
+		s.log.Info("session hung up", audit.Event("session-end"), "step", step, "err", err)
 		return
 	}
 	msg := "berth could not start your session"
@@ -551,7 +559,7 @@ func (s *Session) fail(ctx context.Context, step string, err error) {
 	} else if agent.IsVersionMismatch(err) {
 		msg = "your container runs an older berth agent; restart the container to update it"
 	}
-	s.log.Error("session failed", "step", step, "err", err)
+	s.log.Error("session failed", audit.Event("session-end"), "step", step, "err", err)
 	fmt.Fprintf(s.progress(), "berth: %s.\n", msg)
 	s.sendExit(agent.ExitStatus{Code: ExitGatewayFailure})
 }

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/metrics"
 )
 
@@ -134,7 +135,7 @@ func (r *Remote) listen(ctx context.Context, key, network, addr string) (*agent.
 		return nil, false
 	}
 	r.listeners[key] = l
-	log.Info("remote forward listening", "at", l.Address)
+	log.Info("remote forward listening", audit.Event("forward"), "at", l.Address)
 	return l, true
 }
 
@@ -205,6 +206,7 @@ func Agent(ctx context.Context, conn ssh.Conn, o Opener, met *metrics.Metrics, l
 		return "", fmt.Errorf("agent socket: %w", err)
 	}
 	context.AfterFunc(ctx, func() { l.Close() })
+	log.Debug("agent forwarding", audit.Event("forward"), "at", l.Address)
 	r := &Remote{conn: conn, met: met, log: log}
 	go r.accept(ctx, l, func(net.Conn) (string, []byte) { return agentChannel, nil })
 	return l.Address, nil

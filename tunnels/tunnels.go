@@ -27,6 +27,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/berth-ssh/berth/agent"
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/metrics"
 )
 
@@ -79,7 +80,7 @@ func Direct(ctx context.Context, nch ssh.NewChannel, o Opener, met *metrics.Metr
 		return
 	}
 	go ssh.DiscardRequests(reqs)
-	log.Debug("forward open")
+	log.Debug("forward open", audit.Event("forward"))
 	bridge(ctx, ch, c, met.Forward(nch.ChannelType()))
 }
 

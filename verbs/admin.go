@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 )
@@ -15,7 +16,7 @@ import (
 // --all-stopped`. Only users listed in admins may.
 func (c *call) admin() int {
 	if !c.cfg.IsAdmin(c.caller.Ref.User.Name) {
-		c.log.Warn("admin verb refused", "user", c.caller.Ref.Login(), "key", c.caller.Key, "args", c.args)
+		c.log.Warn("admin verb refused", audit.Event("verb"), "result", "refused", "user", c.caller.Ref.Login(), "key", c.caller.Key, "args", c.args)
 		fmt.Fprintln(c.Err, "berth: admin: permission denied.")
 		return exitFailed
 	}

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/sessions"
@@ -97,7 +98,7 @@ func (b Bound) Lookup(command string) (func(context.Context, sessions.Stdio) int
 		if v.name == args[0] {
 			return func(ctx context.Context, stdio sessions.Stdio) int {
 				c := &call{Handler: b.h, ctx: ctx, caller: b.caller, verb: v, args: args[1:], Stdio: stdio}
-				b.h.log.Info("verb", "user", b.caller.Ref.Login(), "key", b.caller.Key, "command", command)
+				b.h.log.Info("verb", audit.Event("verb"), "user", b.caller.Ref.Login(), "key", b.caller.Key, "command", command)
 				return v.run(c)
 			}, true
 		}

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
 
+	"github.com/berth-ssh/berth/audit"
 	"github.com/berth-ssh/berth/config"
 	"github.com/berth-ssh/berth/containers"
 	"github.com/berth-ssh/berth/gateway"
@@ -34,6 +35,9 @@ import (
 	"github.com/berth-ssh/berth/metrics"
 	"github.com/berth-ssh/berth/monitor"
 )
+
+// auditKeep is how many rotated audit logs berth keeps.
+const auditKeep = 5
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -161,6 +165,14 @@ func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, erro
 // or SIGINT, then drains sessions for the configured grace period.
 // Containers keep running.
 func serve(cfg *config.Config, log *slog.Logger) error {
+	if cfg.AuditLog != "off" {
+		w, err := audit.Open(cfg.AuditLog, cfg.AuditLogBytes(), auditKeep)
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		log = slog.New(audit.Tee(log.Handler(), w))
+	}
 	inv := gpus.Open(nvml.New(), log)
 	defer inv.Close()
 	if snap, err := inv.Read(); err != nil {
