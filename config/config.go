@@ -146,6 +146,11 @@ type Config struct {
 	// driver's CUDA version) and gives it to pip as an extra index at each
 	// container start. Empty: no extra index.
 	TorchIndex string `yaml:"torch_index"`
+	// RecordSessions records every terminal session's output as an
+	// asciicast v2 file under <state_dir>/recordings/<user>/, playable with
+	// asciinema play and listed by `berth recordings`. Input is not
+	// recorded. Default false; per user too.
+	RecordSessions bool `yaml:"record_sessions"`
 	// AuditLog is the audit trail, JSON lines: connections, logins,
 	// sessions, forwards, verbs and container events. Default
 	// <state_dir>/audit.log; "off" turns it off.
@@ -226,6 +231,8 @@ type User struct {
 	GPUFallback string `yaml:"gpu_fallback"`
 	// MaxSessions overrides the global setting.
 	MaxSessions int `yaml:"max_sessions"`
+	// RecordSessions overrides the global setting.
+	RecordSessions *bool `yaml:"record_sessions"`
 	// MaxContainers and IdleStopAfter override the global settings.
 	MaxContainers int       `yaml:"max_containers"`
 	IdleStopAfter *Duration `yaml:"idle_stop_after"`
@@ -657,6 +664,17 @@ func (c *Config) setDefaults() {
 	if c.PythonPackages == nil {
 		c.PythonPackages = &[]string{"torch", "sentence-transformers"}
 	}
+}
+
+// RecordingsDir is where recordings live: one directory per user.
+func (c *Config) RecordingsDir() string { return filepath.Join(c.StateDir, "recordings") }
+
+// RecordFor reports whether u's terminal sessions are recorded.
+func (c *Config) RecordFor(u User) bool {
+	if u.RecordSessions != nil {
+		return *u.RecordSessions
+	}
+	return c.RecordSessions
 }
 
 // AuditLogBytes is audit_log_max_size in bytes.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -163,4 +164,58 @@ func TestAuditLogRecordsWhoDidWhat(t *testing.T) {
 	if st, err := os.Stat(g.cfg.AuditLog); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("audit log: %v %v", st, err)
 	}
+}
+
+// With record_sessions, a terminal session's output is kept as an
+// asciicast v2 file under state_dir, which asciinema plays and `berth
+// recordings` lists; sessions without a terminal, and users it is off
+// for, are not recorded.
+func TestTerminalSessionsAreRecorded(t *testing.T) {
+	t.Parallel()
+	alice, bob := newUser(t, "alice"), newUser(t, "bob")
+	// Everyone is recorded but bob, whose own setting says no.
+	g := startGateway(t, options{extra: "record_sessions: true\nusers:\n" +
+		"  - name: " + alice.name + "\n    uid: 3000\n    authorized_keys: [\"" + alice.pub + "\"]\n" +
+		"  - name: " + bob.name + "\n    uid: 3001\n    authorized_keys: [\"" + bob.pub + "\"]\n    record_sessions: false\n"})
+
+	g.runOK(alice, "echo not on a terminal")
+	if r := run(t, g.ssh(alice, []string{"-tt"}, `printf 'héllo, recorded\n'; stty size`), ""); r.code != 0 {
+		t.Fatalf("exit %d %q", r.code, r.stderr)
+	}
+	run(t, g.ssh(bob, []string{"-tt"}, "echo bob is not recorded"), "")
+
+	dir := filepath.Join(g.cfg.StateDir, "recordings")
+	casts, _ := filepath.Glob(filepath.Join(dir, "*", "*.cast"))
+	if len(casts) != 1 || filepath.Base(filepath.Dir(casts[0])) != alice.name {
+		t.Fatalf("recordings: %v", casts)
+	}
+	lines := strings.Split(mustRead(t, casts[0]), "\n")
+	var header struct {
+		Version, Width, Height int
+		Env                    map[string]string
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &header); err != nil || header.Version != 2 || header.Width == 0 || header.Env["TERM"] == "" {
+		t.Fatalf("header %q: %+v %v", lines[0], header, err)
+	}
+	// asciinema wants a terminal; script(1) gives it one.
+	played := mustOutput(t, "script", "-qec", "asciinema cat "+casts[0], "/dev/null")
+	if !strings.Contains(string(played), "héllo, recorded") || strings.Contains(string(played), "not on a terminal") {
+		t.Fatalf("asciinema cat: %q", played)
+	}
+	if st, _ := os.Stat(casts[0]); st.Mode().Perm() != 0o600 {
+		t.Fatalf("recording mode %v", st.Mode().Perm())
+	}
+	out := mustOutput(t, berthBin(t), "recordings", "--config", g.cfgPath)
+	if !strings.Contains(string(out), alice.name) || !strings.Contains(string(out), casts[0]) || strings.Contains(string(out), bob.name) {
+		t.Fatalf("berth recordings:\n%s", out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -19,6 +19,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -296,6 +297,9 @@ func (s *Server) serveConn(nc net.Conn) {
 		IdleTimeout:     time.Duration(s.cfg.SessionIdleTimeout),
 		MaxDuration:     time.Duration(s.cfg.SessionMaxDuration),
 	}
+	if s.cfg.RecordFor(user) {
+		conn.RecordDir = filepath.Join(s.cfg.RecordingsDir(), user.Name)
+	}
 	maxSessions := s.cfg.MaxSessionsFor(user)
 	n := 0
 	for nch := range chans {
@@ -315,6 +319,7 @@ func (s *Server) serveConn(nc net.Conn) {
 			n++
 			c := conn
 			c.Log = log.With("session", n)
+			c.RecordID = fmt.Sprintf("%s-%d", id, n)
 			done.Go(func() {
 				defer s.sessions.release(user.Name)
 				sessions.New(ch, c).Serve(ctx, creqs)

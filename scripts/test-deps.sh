@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # test-deps.sh — install the client tools the berth test suite uses
-# (ssh, sshd, rsync, paramiko, curl, git, sshfs, debootstrap) from Debian
+# (ssh, sshd, rsync, paramiko, curl, git, sshfs, debootstrap, asciinema) from Debian
 # packages. Idempotent: only missing packages are installed, and
 # `apt-get update` runs only when something has to be installed.
 set -euo pipefail
 
-PACKAGES=(openssh-client openssh-server rsync python3-paramiko curl git sshfs debootstrap)
+PACKAGES=(openssh-client openssh-server rsync python3-paramiko curl git sshfs debootstrap asciinema)
 
 installed() {
     case "$1" in

@@ -107,6 +107,9 @@ type Conn struct {
 	// IdleTimeout and MaxDuration hang the session up when it has had no
 	// input or output for that long, or has run that long; 0 is never.
 	IdleTimeout, MaxDuration time.Duration
+	// RecordDir, when set, is where a terminal session's output is
+	// recorded as an asciicast file named after RecordID.
+	RecordDir, RecordID string
 }
 
 // Session is one SSH "session" channel.
@@ -124,6 +127,7 @@ type Session struct {
 	tty          *agent.TTY // set by pty-req
 	agentForward bool       // set by auth-agent-req
 	master       *os.File   // the running process's terminal, while it runs
+	rec          *recorder  // the terminal's recording, while it runs
 	proc         *agent.Process
 	started      bool
 }
@@ -268,6 +272,9 @@ func (s *Session) handle(req *ssh.Request) bool {
 		s.tty.Cols, s.tty.Rows = uint16(p.Cols), uint16(p.Rows)
 		if s.master != nil {
 			pty.Setsize(s.master, &pty.Winsize{Cols: s.tty.Cols, Rows: s.tty.Rows})
+		}
+		if s.rec != nil {
+			s.rec.resize(s.tty.Cols, s.tty.Rows)
 		}
 		return true
 	case "auth-agent-req@openssh.com":
@@ -502,10 +509,20 @@ func (s *Session) runTTY(ctx context.Context, conn *net.UnixConn, spec agent.Spa
 
 	// Input has no end on a terminal: the copy ends with the session.
 	go io.Copy(master, s.ch)
+	out := io.Writer(s.ch)
+	if rec := s.record(spec); rec != nil {
+		defer func() {
+			s.mu.Lock()
+			s.rec = nil
+			s.mu.Unlock()
+			rec.Close()
+		}()
+		out = io.MultiWriter(s.ch, rec)
+	}
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		tunnels.Copy(s.ch, ttyReader{master}) // ends with EIO once no process holds the terminal
+		tunnels.Copy(out, ttyReader{master}) // ends with EIO once no process holds the terminal
 	}()
 	select {
 	case <-copied:
@@ -514,6 +531,30 @@ func (s *Session) runTTY(ctx context.Context, conn *net.UnixConn, spec agent.Spa
 		<-copied
 	}
 	return proc.Wait()
+}
+
+// record starts recording the terminal's output when the session is to
+// be recorded. A recording that cannot be made is logged, and the session
+// goes on.
+func (s *Session) record(spec agent.Spawn) *recorder {
+	if s.conn.RecordDir == "" {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	title := s.conn.Login + ": login shell"
+	if spec.Command != "" {
+		title = s.conn.Login + ": " + spec.Command
+	}
+	path := recordingPath(s.conn.RecordDir, time.Now(), s.conn.RecordID)
+	rec, err := newRecorder(path, spec.TTY.Cols, spec.TTY.Rows, spec.TTY.Term, title)
+	if err != nil {
+		s.log.Error("session not recorded", "path", path, "err", err)
+		return nil
+	}
+	s.log.Info("recording the session", audit.Event("recording"), "path", path)
+	s.rec = rec
+	return rec
 }
 
 // attach records the running process, so that window changes and

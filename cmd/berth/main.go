@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -34,6 +35,7 @@ import (
 	"github.com/berth-ssh/berth/keys"
 	"github.com/berth-ssh/berth/metrics"
 	"github.com/berth-ssh/berth/monitor"
+	"github.com/berth-ssh/berth/sessions"
 )
 
 // auditKeep is how many rotated audit logs berth keeps.
@@ -57,6 +59,9 @@ const usage = `usage:
   berth keys add [--config FILE] USER KEYFILE
                                  add a public key (a .pub file, or - for stdin) to USER's
                                  file in keys_dir; it counts at the next login
+  berth recordings [--config FILE] [--json] [USER]
+                                 list recorded sessions (record_sessions), oldest first;
+                                 play one with: asciinema play PATH
   berth version                  print berth's version`
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -133,6 +138,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case "keys":
 		return keysCommand(args[1:], stdout, stderr)
+	case "recordings":
+		return recordingsCommand(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "berth %s\n", version)
 		return exitOK
@@ -272,5 +279,53 @@ func keysCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "berth: keys add: %s holds no key\n", file)
 		return exitFailed
 	}
+	return exitOK
+}
+
+// recordingsCommand is `berth recordings`: the recorded sessions under
+// state_dir, for an operator to find one and play it.
+func recordingsCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("recordings", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config.yaml", "config file")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if fs.Parse(args) != nil || fs.NArg() > 1 {
+		fmt.Fprintln(stderr, usage)
+		return exitUsage
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: %v\n", err)
+		return exitUsage
+	}
+	user := fs.Arg(0)
+	if user != "" {
+		if _, ok := cfg.User(user); !ok {
+			fmt.Fprintf(stderr, "berth: recordings: %q is not a configured user\n", user)
+			return exitUsage
+		}
+	}
+	recs, err := sessions.Recordings(cfg.RecordingsDir(), user)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: recordings: %v\n", err)
+		return exitFailed
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(recs)
+		return exitOK
+	}
+	if len(recs) == 0 {
+		fmt.Fprintf(stdout, "no recordings under %s\n", cfg.RecordingsDir())
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "USER\tSTARTED\tLENGTH\tSIZE\tTITLE\tFILE")
+	for _, r := range recs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.User, r.Started.Format("2006-01-02 15:04:05"),
+			r.Duration.Round(time.Second), r.Size, r.Title, r.Path)
+	}
+	tw.Flush()
 	return exitOK
 }
