@@ -43,11 +43,20 @@ run: build base-image
 	scripts/dev-keys.sh
 	./bin/berth serve --config config.yaml
 
+# Fuzz targets (package:function), each run for FUZZTIME after the tests;
+# their seed corpora are in each package's testdata/fuzz.
+FUZZTIME ?= 10s
+FUZZ := keys:FuzzAuthorizedKeys keys:FuzzParseOptions config:FuzzDecode config:FuzzSplitLogin verbs:FuzzLookup
+
 test: test-deps base-image
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 25m ./...
+	@for t in $(FUZZ); do \
+		echo "fuzz $${t#*:} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./$${t%%:*} || exit 1; \
+	done
 
 clean:
 	rm -rf bin

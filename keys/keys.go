@@ -185,6 +185,12 @@ func ReadFile(path string) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
+	return parseFile(data, path)
+}
+
+// parseFile parses an authorized_keys file's contents; path names it in
+// errors.
+func parseFile(data []byte, path string) ([]Entry, error) {
 	var entries []Entry
 	var problems []error
 	sc := bufio.NewScanner(bytes.NewReader(data))
