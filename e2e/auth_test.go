@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,59 +19,99 @@ import (
 	"golang.org/x/crypto/ssh/agent"
 )
 
-// offeredSigner offers one user's public key but signs with another's
-// private key, as a client that holds only the second one would. signed
-// records that the server accepted the offer: x/crypto's client signs only
-// after the server answered the unsigned query with PK_OK.
-type offeredSigner struct {
-	offered ssh.PublicKey
-	real    ssh.Signer
-	signed  *atomic.Bool
-}
-
-func (s offeredSigner) PublicKey() ssh.PublicKey { return s.offered }
-
-func (s offeredSigner) Sign(rand io.Reader, data []byte) (*ssh.Signature, error) {
-	s.signed.Store(true)
-	return s.real.Sign(rand, data)
-}
-
-func (s offeredSigner) SignWithAlgorithm(rand io.Reader, data []byte, algorithm string) (*ssh.Signature, error) {
-	s.signed.Store(true)
-	return s.real.(ssh.AlgorithmSigner).SignWithAlgorithm(rand, data, algorithm)
-}
-
-// Identity comes only from a key the client proved it holds.
+// Identity comes only from a key the client proved it holds: a client
+// that offers alice's key (accepted as a query) and then signs with bob's
+// is not alice.
 func TestOfferingAnotherUsersKeyDoesNotLogYouIn(t *testing.T) {
 	t.Parallel()
 	alice, bob := newUser(t, "alice"), newUser(t, "bob")
 	g := startGateway(t, options{}, alice, bob)
-
-	dial := func(login string, auth ...ssh.AuthMethod) error {
-		c, err := ssh.Dial("tcp", g.addr, &ssh.ClientConfig{
-			User: login, Auth: auth, HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 10 * time.Second,
-		})
-		if err == nil {
-			c.Close()
-		}
-		return err
+	if r := g.offerThenSign(alice.name, alice.signer.PublicKey(), bob, "id -un"); r.code != 255 || r.stdout != "" {
+		t.Fatalf("logged in as alice after offering her key and signing with bob's: exit %d %q", r.code, r.stdout)
 	}
-
-	// Offer alice's public key without being able to sign for it; the
-	// server accepts the query. Then sign with bob's key.
-	var queried atomic.Bool
-	fake := offeredSigner{offered: alice.signer.PublicKey(), real: bob.signer, signed: &queried}
-	err := dial(alice.name, ssh.PublicKeys(fake), ssh.PublicKeys(bob.signer))
-	if !queried.Load() {
-		t.Fatal("the server refused the unsigned query for alice's key; the test proves nothing")
-	}
-	if err == nil {
-		t.Fatal("logged in as alice after offering her key and signing with bob's")
-	}
-
 	// Bob's own key works for bob, and bob is who he is inside.
 	if out := g.runOK(bob, "id -un"); strings.TrimSpace(out) != bob.name {
 		t.Fatalf("bob logged in as %q", out)
+	}
+}
+
+// halfAgent is an SSH agent that lists a key it cannot sign with before
+// the one it can: what a client holding only one of the two looks like.
+type halfAgent struct {
+	agent.Agent // holds the key it can sign with
+	offered     ssh.PublicKey
+}
+
+func (a halfAgent) List() ([]*agent.Key, error) {
+	keys, err := a.Agent.List()
+	return append([]*agent.Key{{Format: a.offered.Type(), Blob: a.offered.Marshal(), Comment: "offered only"}}, keys...), err
+}
+
+func (a halfAgent) Sign(key ssh.PublicKey, data []byte) (*ssh.Signature, error) {
+	return a.SignWithFlags(key, data, 0)
+}
+
+func (a halfAgent) SignWithFlags(key ssh.PublicKey, data []byte, flags agent.SignatureFlags) (*ssh.Signature, error) {
+	if bytes.Equal(key.Marshal(), a.offered.Marshal()) {
+		return nil, errors.New("this agent cannot sign with that key")
+	}
+	return a.Agent.(agent.ExtendedAgent).SignWithFlags(key, data, flags)
+}
+
+// offerThenSign logs in as login with OpenSSH, whose agent offers the
+// public key offered first, which it cannot sign with, and then holder's
+// key, which it can: the client of CVE-2024-45337. It fails the test
+// unless the server accepted the query for offered, without which the
+// test would prove nothing.
+func (g *gw) offerThenSign(login string, offered ssh.PublicKey, holder user, command string) result {
+	t := g.t
+	t.Helper()
+	pemBytes, _ := os.ReadFile(holder.key)
+	priv, err := ssh.ParseRawPrivateKey(pemBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := agent.NewKeyring()
+	ring.Add(agent.AddedKey{PrivateKey: priv})
+	sock := filepath.Join(shortTempDir(t), "agent")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go agent.ServeAgent(halfAgent{ring, offered}, c)
+		}
+	}()
+	cmd := exec.Command("ssh", "-F", "none", "-v", "-p", g.port, "-o", "IdentityAgent="+sock, "-o", "BatchMode=yes",
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", login+"@127.0.0.1", command)
+	r := run(t, cmd, "")
+	fp := ssh.FingerprintSHA256(offered)
+	if !regexp.MustCompile(`Server accepts key: offered only ED25519 ` + regexp.QuoteMeta(fp)).MatchString(r.stderr) {
+		t.Fatalf("the server did not accept the query for the offered key; the test proves nothing:\n%s", r.stderr)
+	}
+	return r
+}
+
+// The CVE-2024-45337 pattern within one user: alice's K1 carries
+// restrict and a forced command, her K2 nothing. A client holding only
+// K1's private key offers K2 first; the server accepts the query; the
+// client cannot sign with K2 and signs with K1. The session gets K1's
+// restrictions, never K2's freedom.
+func TestOfferingAnUnrestrictedKeyThenSigningWithARestrictedOneKeepsTheRestrictions(t *testing.T) {
+	t.Parallel()
+	k1, k2 := newUser(t, "alice"), newUser(t, "k2")
+	g := startGateway(t, options{extra: "users:\n  - name: " + k1.name + "\n    uid: 3000\n    authorized_keys:\n" +
+		"      - 'restrict,command=\"echo forced\" " + k1.pub + "'\n      - '" + k2.pub + "'\n"})
+
+	r := g.offerThenSign(k1.name, k2.signer.PublicKey(), k1, "id -un")
+	if r.stdout != "forced\n" {
+		t.Fatalf("K1's forced command did not run (K2 would have run id): stdout %q\n%s", r.stdout, r.stderr)
 	}
 }
 
