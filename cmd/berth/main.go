@@ -129,9 +129,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitFailed
 		}
 		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(snap)
+			writeJSON(stdout, snap)
 		} else {
 			gpus.WriteTable(stdout, snap, nil)
 		}
@@ -311,9 +309,7 @@ func recordingsCommand(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(recs)
+		writeJSON(stdout, recs)
 		return exitOK
 	}
 	if len(recs) == 0 {
@@ -328,4 +324,11 @@ func recordingsCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	tw.Flush()
 	return exitOK
+}
+
+// writeJSON prints v as indented JSON, as the --json flags do.
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }
