@@ -134,27 +134,29 @@ func New(cfg *config.Config, auth Authorizer, m *containers.Manager, met *metric
 func (s *Server) authorize(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	fp := ssh.FingerprintSHA256(key)
 	name, instance, ok := config.SplitLogin(meta.User())
-	if !ok {
-		s.log.Info("key refused: invalid login name", audit.Event("auth"), "result", "failed", "source", meta.RemoteAddr().String(), "key", fp)
+	// refuse logs why the key is refused, for the log and the audit trail.
+	// The client learns nothing: unknown user and wrong key look the same.
+	refuse := func(level slog.Level, msg string, args ...any) (*ssh.Permissions, error) {
+		args = append([]any{audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp}, args...)
+		s.log.Log(context.Background(), level, msg, args...)
 		return nil, keys.ErrDenied
+	}
+	if !ok {
+		return refuse(slog.LevelInfo, "key refused: invalid login name")
 	}
 	if cert, ok := key.(*ssh.Certificate); ok {
 		return s.authorizeCert(meta, name, instance, cert)
 	}
 	entry, err := s.auth.Authorize(name, key)
 	if err != nil {
-		// Unknown user and wrong key look the same to the client.
-		s.log.Info("key refused", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "detail", err)
-		return nil, keys.ErrDenied
+		return refuse(slog.LevelInfo, "key refused", "detail", err)
 	}
 	opts, err := keys.ParseOptions(entry.Options)
 	if err != nil {
-		s.log.Warn("key refused: its options", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
-		return nil, keys.ErrDenied
+		return refuse(slog.LevelWarn, "key refused: its options", "from", entry.Source, "err", err)
 	}
 	if err := opts.Admit(meta.RemoteAddr(), time.Now()); err != nil {
-		s.log.Info("key refused: its options", audit.Event("auth"), "result", "failed", "user", name, "source", meta.RemoteAddr().String(), "key", fp, "from", entry.Source, "err", err)
-		return nil, keys.ErrDenied
+		return refuse(slog.LevelInfo, "key refused: its options", "from", entry.Source, "err", err)
 	}
 	return &ssh.Permissions{
 		Extensions: map[string]string{extUser: name, extInstance: instance, extKey: fp},
