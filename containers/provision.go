@@ -32,8 +32,9 @@ func (m *Manager) repoDir(u config.User) string {
 // missing, applies the repo's .berth/Dockerfile on the container's first
 // start when the user opted in, and starts installing the Python packages
 // in the background. The first session after each start does all of it;
-// later ones only retry a missing clone, and only for a login shell, so
-// that commands (scp, IDEs) never wait on a repository host.
+// later ones only retry a missing clone, and only for a login shell or a
+// session that forwards an agent (which the clone may need), so that
+// commands (scp, IDEs) never wait on a repository host.
 //
 // authSock is the client's forwarded agent inside the container, or "".
 // Failures are warnings to progress: the session goes on. recreated
