@@ -121,7 +121,7 @@ func (s *Server) install(p Packages) error {
 	home := s.Account.Home()
 	venv := filepath.Join(home, venvDir)
 	want := s.packagesDigest(p)
-	if have, err := os.ReadFile(filepath.Join(venv, ".berth-packages")); err == nil && strings.TrimSpace(string(have)) == want {
+	if have, err := s.userCommand([]string{"cat", "--", filepath.Join(venv, ".berth-packages")}).Output(); err == nil && strings.TrimSpace(string(have)) == want {
 		return nil
 	}
 	log, err := os.OpenFile(filepath.Join(RunDir, ProvisionLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -137,8 +137,12 @@ func (s *Server) install(p Packages) error {
 			st = PackagesStatus{State: "failed", Detail: detail}
 			fmt.Fprintf(log, "--- python packages failed: %v\n", err)
 		} else {
-			os.WriteFile(filepath.Join(venv, ".berth-packages"), []byte(want+"\n"), 0o644)
-			os.Lchown(filepath.Join(venv, ".berth-packages"), s.Account.UID, s.Account.GID)
+			// Written as the user: the home is theirs, and a file there
+			// may be a symlink to one of root's.
+			mark := s.userCommand([]string{"/bin/sh", "-c", `printf '%s\n' "$0" > "$1"`, want, filepath.Join(venv, ".berth-packages")})
+			if err := mark.Run(); err != nil {
+				fmt.Fprintf(log, "--- could not note the install in ~/%s: %v\n", venvDir, err)
+			}
 			fmt.Fprintln(log, "--- python packages installed")
 		}
 		st.Since = time.Now()
@@ -196,8 +200,12 @@ func (s *Server) userCommand(argv []string) *exec.Cmd {
 func (s *Server) packagesDigest(p Packages) string {
 	h := sha256.New()
 	json.NewEncoder(h).Encode(p.Packages)
-	if b, err := os.ReadFile(p.Requirements); err == nil {
-		h.Write(b)
+	// Read as the user: the agent is root, and the file is in their home,
+	// where it may be a symlink to something only root may read.
+	if p.Requirements != "" {
+		if b, err := s.userCommand([]string{"cat", "--", p.Requirements}).Output(); err == nil {
+			h.Write(b)
+		}
 	}
 	if b, err := os.ReadFile(pipConfPath); err == nil {
 		h.Write(b)

@@ -181,6 +181,22 @@ torch_index: file:///srv/wheels/torch
 	if r := run(t, g.ssh(alice, nil, "true"), ""); strings.Contains(r.stderr, "cloning") {
 		t.Fatalf("cloned again: %q", r.stderr)
 	}
+	packagesState(t, g, alice)
+	if n := strings.Count(g.runOK(alice, "logs"), "python packages into"); n != 1 {
+		t.Fatalf("installed %d times", n)
+	}
+	// The agent is root, the home is the user's: a symlink there must not
+	// let the install's bookkeeping write one of root's files.
+	issue := g.runOK(alice, "cat /etc/issue")
+	g.runOK(alice, "ln -sf /etc/issue ~/.venv/.berth-packages; echo '# changed' >> projects/demo/requirements.txt")
+	g.runOK(alice, "restart")
+	g.runOK(alice, "true")
+	if state, detail := packagesState(t, g, alice); state != "installed" {
+		t.Fatalf("reinstall: %s %s", state, detail)
+	}
+	if got := g.runOK(alice, "cat /etc/issue"); got != issue {
+		t.Fatalf("/etc/issue was written through the user's symlink: %q", got)
+	}
 	if out := g.runOK(alice, "status"); !strings.Contains(out, "/srv/repos/demo.git, cloned in ~/projects") || !regexp.MustCompile(`python packages +installed`).MatchString(out) {
 		t.Fatalf("status:\n%s", out)
 	}
