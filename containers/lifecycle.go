@@ -93,7 +93,9 @@ func (m *Manager) stop(ctx context.Context, name string, remove bool) error {
 	return nil
 }
 
-// Restart stops and starts r's container.
+// Restart stops and starts r's container. The start is a login's: GPUs
+// taken meanwhile in exclusive mode mean new ones, and the next session
+// prepares the container again.
 func (m *Manager) Restart(ctx context.Context, r Ref, progress io.Writer) error {
 	err := m.starts.do(ctx, m.base, r.Name(), progress, func(ctx context.Context, progress io.Writer) error {
 		if _, err := m.inspectOwn(ctx, r); err != nil {
@@ -102,7 +104,11 @@ func (m *Manager) Restart(ctx context.Context, r Ref, progress io.Writer) error 
 		if err := m.stop(ctx, r.Name(), false); err != nil {
 			return err
 		}
-		return m.start(ctx, r.Name(), progress)
+		did, err := m.ensure(ctx, r, progress)
+		if err == nil {
+			m.forget(r.Name(), did == wasCreated)
+		}
+		return err
 	})
 	if err == nil {
 		m.setReady(r.Name(), true)

@@ -197,6 +197,9 @@ torch_index: file:///srv/wheels/torch
 	if got := g.runOK(alice, "cat /etc/issue"); got != issue {
 		t.Fatalf("/etc/issue was written through the user's symlink: %q", got)
 	}
+	if n := strings.Count(g.runOK(alice, "logs"), "python packages into"); n != 2 {
+		t.Fatalf("installed %d times in all; the changed requirements want a second", n)
+	}
 	if out := g.runOK(alice, "status"); !strings.Contains(out, "/srv/repos/demo.git, cloned in ~/projects") || !regexp.MustCompile(`python packages +installed`).MatchString(out) {
 		t.Fatalf("status:\n%s", out)
 	}
