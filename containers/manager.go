@@ -457,8 +457,10 @@ func (m *Manager) start(ctx context.Context, name string, progress io.Writer) er
 	begin := time.Now()
 	fmt.Fprintf(progress, "berth: starting your container %s\n", name)
 	// A socket left by the previous run must not be mistaken for the new
-	// agent's.
+	// agent's. start --keep lasts until the container stops, however it
+	// stopped, so a starting container is not kept.
 	os.Remove(m.socketPath(name))
+	os.Remove(m.keepPath(name))
 	if _, err := m.docker.ContainerStart(ctx, name, client.ContainerStartOptions{}); err != nil {
 		if noNVIDIARuntime(err) {
 			return &Failure{Msg: "your container is to get GPUs, but this Docker engine has no NVIDIA runtime; an admin must install the NVIDIA Container Toolkit", Err: err}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+
+	"github.com/berth-ssh/berth/containers"
 )
 
 func TestHelpListsEveryVerb(t *testing.T) {
@@ -303,6 +305,13 @@ func TestIdleContainersStopUnlessKept(t *testing.T) {
 	// The next connection starts it again.
 	if out := g.runOK(alice, "echo back"); out != "back\n" {
 		t.Fatalf("after the idle stop: %q", out)
+	}
+	// --keep lasts until the container stops, even when it stops outside
+	// berth (a reboot, docker stop).
+	dockerCLI(t, "stop", "-t", "5", containers.Name(bob.name))
+	g.runOK(bob, "true")
+	if st := status(t, g, bob); st.Keep {
+		t.Fatal("keep outlived a container stopped outside berth")
 	}
 }
 
