@@ -2,12 +2,10 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 )
@@ -241,14 +239,4 @@ func Install(conn *net.UnixConn, p Packages) error {
 		return fmt.Errorf("agent: %s", r.Error)
 	}
 	return nil
-}
-
-// ReadPackagesStatus reads the state of a container's Python packages
-// from its run directory on the host; ok is false before any install.
-func ReadPackagesStatus(runDir string) (st PackagesStatus, ok bool) {
-	b, err := os.ReadFile(filepath.Join(runDir, PackagesFile))
-	if err != nil || json.Unmarshal(b, &st) != nil {
-		return PackagesStatus{}, false
-	}
-	return st, true
 }

@@ -3,6 +3,7 @@ package containers
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,9 @@ func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Write
 		what = wasCreated
 	}
 	if keep {
+		if err := os.MkdirAll(filepath.Dir(m.keepPath(r.Name())), 0o700); err != nil {
+			return what, err
+		}
 		if err := os.WriteFile(m.keepPath(r.Name()), nil, 0o600); err != nil {
 			return what, err
 		}
@@ -361,8 +365,11 @@ type Mount struct {
 func (m *Manager) Status(ctx context.Context, r Ref) (Status, error) {
 	st := Status{Name: r.Name(), Login: r.Login(), State: "absent", Image: m.environment(r).Tag(), GPUs: []string{}, Mounts: []Mount{}}
 	st.DiskUsed = diskUsed(ctx, filepath.Join(m.cfg.DataRoot, r.User.Name))
-	if p, ok := agent.ReadPackagesStatus(m.runDir(r.Name())); ok {
-		st.Packages = &p
+	if b, err := m.readRunFile(r.Name(), agent.PackagesFile, 64<<10); err == nil {
+		var p agent.PackagesStatus
+		if json.Unmarshal(b, &p) == nil {
+			st.Packages = &p
+		}
 	}
 	if repo := m.cfg.RepoFor(r.User); repo != nil {
 		st.Repo = repo.URL
@@ -460,7 +467,7 @@ func (m *Manager) Logs(ctx context.Context, r Ref, follow bool, w io.Writer) err
 	if _, err := m.inspectOwn(ctx, r); err != nil {
 		return err
 	}
-	if b, err := os.ReadFile(filepath.Join(m.runDir(r.Name()), agent.ProvisionLog)); err == nil {
+	if b, err := m.readRunFile(r.Name(), agent.ProvisionLog, 1<<20); err == nil {
 		fmt.Fprintf(w, "== provisioning log ==\n%s", b)
 	}
 	fmt.Fprintf(w, "== container log ==\n")
@@ -477,4 +484,6 @@ func (m *Manager) Logs(ctx context.Context, r Ref, follow bool, w io.Writer) err
 	return err
 }
 
-func (m *Manager) keepPath(name string) string { return filepath.Join(m.runDir(name), "keep") }
+// keepPath marks a container started with --keep. It is in berth's own
+// state, not the run directory the container can write.
+func (m *Manager) keepPath(name string) string { return filepath.Join(m.cfg.StateDir, "keep", name) }

@@ -95,6 +95,7 @@ type Manager struct {
 	// prepared holds the containers whose first session since their start
 	// has run Prepare; fresh, those whose start created them.
 	prepared, fresh map[string]bool
+	ids             map[string]string // container IDs, for checking agents
 }
 
 // New checks the environment and the agent binary, and connects to Docker.
@@ -142,6 +143,7 @@ func New(cfg *config.Config, inv *gpus.Inventory, met *metrics.Metrics, log *slo
 		ready:    map[string]bool{},
 		prepared: map[string]bool{},
 		fresh:    map[string]bool{},
+		ids:      map[string]string{},
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	if err := m.installAgent(); err != nil {
@@ -292,10 +294,13 @@ func (m *Manager) reloadEnvironment(r Ref) (*environment.Environment, error) {
 // all: a container whose agent answers is ready.
 func (m *Manager) Open(ctx context.Context, r Ref, progress io.Writer) (*net.UnixConn, error) {
 	name := r.Name()
-	sock := m.socketPath(name)
 	if m.isReady(name) {
-		if c, err := agent.Connect(ctx, sock); err == nil {
+		c, err := m.connect(ctx, name)
+		if err == nil {
 			return c, nil
+		}
+		if errors.Is(err, errForeignAgent) {
+			return nil, err
 		}
 		m.setReady(name, false)
 	}
@@ -309,7 +314,11 @@ func (m *Manager) Open(ctx context.Context, r Ref, progress io.Writer) (*net.Uni
 	if err != nil {
 		return nil, err
 	}
-	c, err := agent.Connect(ctx, sock)
+	c, err := m.connect(ctx, name)
+	var f *Failure
+	if errors.As(err, &f) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, &Failure{Msg: "your container is running but berth's agent in it does not answer", Err: err}
 	}
@@ -323,10 +332,13 @@ func (m *Manager) isReady(name string) bool {
 	return m.ready[name]
 }
 
+// setReady records whether name's agent answers. Any change may mean
+// another container of that name, so its ID is looked up again.
 func (m *Manager) setReady(name string, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.ready[name] = ok
+	delete(m.ids, name)
 }
 
 // What ensure found and did.

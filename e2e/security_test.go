@@ -219,3 +219,46 @@ func mustRead(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// Root inside a container (sudo) can write its run directory, where its
+// agent's socket is. Symlinks planted there must not take berth, root on
+// the host, anywhere: not to another user's agent (a shell as bob), not
+// to a host file through logs, not into /dev/zero through status.
+func TestPlantedSymlinksInTheRunDirectoryLeadNowhere(t *testing.T) {
+	t.Parallel()
+	alice, bob := newUser(t, "alice"), newUser(t, "bob")
+	g := startGateway(t, options{}, alice, bob)
+	g.runOK(bob, "true")
+	g.runOK(alice, "true")
+	bobs := filepath.Join(g.cfg.StateDir, "run", containers.Name(bob.name), "agent.sock")
+	g.runOK(alice, "sudo ln -sf "+bobs+" /.berth/run/agent.sock; sudo ln -sf /etc/shadow /.berth/run/provision.log; sudo ln -sf /dev/zero /.berth/run/packages.json")
+
+	r := run(t, g.ssh(alice, nil, "id -un"), "")
+	if r.code != 255 || strings.Contains(r.stdout, bob.name) || !strings.Contains(r.stderr, "berth refused your container's agent socket, which leads out of your container") {
+		t.Fatalf("through bob's socket: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if g.logs.count("agent socket answered by another container's agent", containers.Name(alice.name)) == 0 {
+		t.Fatalf("not logged:\n%s", g.logs)
+	}
+	shadow, _ := os.ReadFile("/etc/shadow")
+	if out := g.runOK(alice, "logs"); strings.Contains(out, "root:") || (len(shadow) > 0 && strings.Contains(out, string(shadow[:20]))) {
+		t.Fatalf("logs showed a host file:\n%s", out)
+	}
+	// restart makes a new socket, and alice is herself again.
+	defer func() {
+		g.runOK(alice, "restart")
+		if out := g.runOK(alice, "id -un"); out != alice.name+"\n" {
+			t.Fatalf("after restart: %q", out)
+		}
+	}()
+	done := make(chan string, 1)
+	go func() { done <- run(t, g.ssh(alice, nil, "status --json"), "").stdout }()
+	select {
+	case out := <-done:
+		if !strings.Contains(out, `"state": "running"`) {
+			t.Fatalf("status: %q", out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("status hung on a planted /dev/zero")
+	}
+}
