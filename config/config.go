@@ -922,6 +922,11 @@ func (c *Config) Validate() error {
 		if u.RepoDockerfile && u.Image != "" {
 			return fmt.Errorf("%s.repo_dockerfile: set image or repo_dockerfile, not both", key)
 		}
+		// The image's start script runs as root, and with repo_dockerfile
+		// the repo decides what it is: root in the container, as sudo.
+		if u.RepoDockerfile && !c.SudoFor(u) {
+			return fmt.Errorf("%s.repo_dockerfile: it makes the user root in their container (the repo's image runs its start script as root), so it needs sudo", key)
+		}
 	}
 	for i, a := range c.Admins {
 		if !seen[a] {

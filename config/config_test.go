@@ -50,6 +50,7 @@ func TestValidationNamesTheOffendingKey(t *testing.T) {
 		{"unknown admin", "admins: [root]\n", "admins[0]"},
 		{"bad duration", "shutdown_grace: forever\n", "shutdown_grace"},
 		{"negative grace", "shutdown_grace: -5s\n", "shutdown_grace: must not be negative"},
+		{"repo_dockerfile without sudo", "repo: {url: /srv/r.git}\nusers:\n  - name: a\n    sudo: false\n    repo_dockerfile: true\n", "users[0].repo_dockerfile: it makes the user root"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Decode(strings.NewReader(tc.yaml), "/etc/berth")

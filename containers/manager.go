@@ -205,12 +205,18 @@ func (m *Manager) environment(r Ref) *environment.Environment {
 		return e
 	case strings.HasPrefix(key, repoKey):
 		// Read when first needed: the repo may have been cloned since.
-		if e, err := m.reloadEnvironment(r); err == nil {
+		e, err := m.reloadEnvironment(r)
+		if err == nil {
 			return e
-		} else {
-			m.log.Warn("the repo's Dockerfile cannot be read; using the configured environment", "user", r.User.Name, "err", err)
 		}
-		return m.configured(r)
+		// Until rebuild reads it again, the configured one stands in, so
+		// that a repo too big to use is not read at every turn.
+		m.log.Warn("the repo's Dockerfile cannot be used; the configured environment stands in until a rebuild", "user", r.User.Name, "err", err)
+		e = m.configured(r)
+		m.mu.Lock()
+		m.envs[key] = e
+		m.mu.Unlock()
+		return e
 	}
 	return m.env
 }
@@ -240,7 +246,10 @@ func (m *Manager) envSource(r Ref) (key string, conf config.Environment, image, 
 		conf = *r.User.Environment
 	}
 	if dir := m.repoDir(r.User); r.Instance == "" && r.User.RepoDockerfile && dir != "" {
-		if st, err := os.Lstat(filepath.Join(dir, ".berth", "Dockerfile")); err == nil && st.Mode().IsRegular() {
+		// A first look only; environment.LoadRepo reads the tree safely.
+		d, derr := os.Lstat(filepath.Join(dir, ".berth"))
+		f, ferr := os.Lstat(filepath.Join(dir, ".berth", "Dockerfile"))
+		if derr == nil && ferr == nil && d.IsDir() && f.Mode().IsRegular() {
 			return repoKey + r.User.Name, conf, "", dir
 		}
 	}

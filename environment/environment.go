@@ -21,7 +21,9 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
-	"syscall"
+	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 //go:embed default
@@ -107,49 +109,78 @@ func fromFS(name string, fsys fs.FS, dockerfile string, args map[string]string) 
 const maxRepoContext = 256 << 20
 
 // LoadRepo reads an environment from a user's repository: its
-// .berth/Dockerfile, with the repository as the build context. It skips
-// .git, and any file not owned by uid, so that a hard link to another
-// user's file cannot carry it into an image.
+// .berth/Dockerfile, with the repository as the build context. berth is
+// root on the host and the tree is the user's, who may change it while
+// berth reads it, so nothing in it is reached by path: each entry is opened
+// relative to its parent's descriptor without following symlinks, and a
+// file counts only if it is a regular file owned by uid (so a hard link to
+// another user's file stays out). .git is skipped.
 func LoadRepo(dir string, uid int, args map[string]string) (*Environment, error) {
 	const dockerfile = ".berth/Dockerfile"
 	env := &Environment{Name: filepath.Join(dir, dockerfile), Args: args, Dockerfile: dockerfile}
-	var total int64
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() && d.Name() == ".git" {
-			return fs.SkipDir
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st, ok := info.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
-			return nil
-		}
-		if total += info.Size(); total > maxRepoContext {
-			return fmt.Errorf("the repository is over %d MiB, too big for a build context", maxRepoContext>>20)
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		mode := fs.FileMode(0o644)
-		if info.Mode()&0o111 != 0 {
-			mode = 0o755
-		}
-		env.files = append(env.files, file{name: filepath.ToSlash(rel), mode: mode, data: data})
-		return nil
-	})
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", dir, err)
+	}
+	budget := int64(maxRepoContext)
+	if err := env.readTree(fd, "", uid, &budget); err != nil {
 		return nil, fmt.Errorf("read %s: %w", env.Name, err)
 	}
 	return env, nil
+}
+
+// readTree adds the regular files uid owns below the directory dirfd,
+// which it closes, to e's context, spending budget bytes.
+func (e *Environment) readTree(dirfd int, rel string, uid int, budget *int64) error {
+	d := os.NewFile(uintptr(dirfd), rel)
+	defer d.Close()
+	entries, err := d.ReadDir(-1)
+	if err != nil {
+		return err
+	}
+	// In name order, as the image tag hashes the files in order.
+	slices.SortFunc(entries, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	for _, entry := range entries {
+		name := entry.Name()
+		if name == ".git" {
+			continue
+		}
+		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue // a symlink (ELOOP), or gone meanwhile
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			continue
+		}
+		child := path.Join(rel, name)
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			if err := e.readTree(fd, child, uid, budget); err != nil {
+				return err
+			}
+		case st.Mode&unix.S_IFMT == unix.S_IFREG && int(st.Uid) == uid:
+			f := os.NewFile(uintptr(fd), child)
+			if *budget -= st.Size; *budget < 0 {
+				f.Close()
+				return fmt.Errorf("the repository is over %d MiB, too big for a build context", maxRepoContext>>20)
+			}
+			data, err := io.ReadAll(io.LimitReader(f, st.Size))
+			f.Close()
+			if err != nil {
+				return err
+			}
+			mode := fs.FileMode(0o644)
+			if st.Mode&0o111 != 0 {
+				mode = 0o755
+			}
+			e.files = append(e.files, file{name: child, mode: mode, data: data})
+		default:
+			unix.Close(fd)
+		}
+	}
+	return nil
 }
 
 // Prebuilt is an environment that is an existing local image, used as it
