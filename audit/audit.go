@@ -75,9 +75,10 @@ type Writer struct {
 	max  int64
 	keep int
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	mu     sync.Mutex
+	f      *os.File // nil after a failed rotation, until an open succeeds
+	size   int64
+	closed bool
 }
 
 // Open opens (or creates, mode 0600) the audit file at path.
@@ -109,8 +110,15 @@ func (w *Writer) open() error {
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.f == nil {
+	if w.closed {
 		return 0, os.ErrClosed
+	}
+	if w.f == nil {
+		// A rotation failed to open the new file (a full disk, no
+		// descriptors): try again now rather than stay silent for good.
+		if err := w.open(); err != nil {
+			return 0, err
+		}
 	}
 	if w.max > 0 && w.size > 0 && w.size+int64(len(p)) > w.max {
 		if err := w.rotate(); err != nil {
@@ -142,6 +150,7 @@ func (w *Writer) rotate() error {
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
 	if w.f == nil {
 		return nil
 	}

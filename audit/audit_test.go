@@ -77,3 +77,27 @@ func TestWriterRotatesBySize(t *testing.T) {
 		t.Fatalf("audit log mode %v", st.Mode().Perm())
 	}
 }
+
+// A rotation that cannot open the new file (here its directory is gone)
+// costs that record, not the rest: the next write opens it again.
+func TestWriterRecoversFromAFailedRotation(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	path := filepath.Join(dir, "audit.log")
+	w, err := Open(path, 40, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fmt.Fprintf(w, "{\"n\":1,\"pad\":\"%s\"}\n", strings.Repeat("x", 20))
+	os.RemoveAll(dir)
+	if _, err := fmt.Fprintf(w, "{\"n\":2,\"pad\":\"%s\"}\n", strings.Repeat("x", 20)); err == nil {
+		t.Fatal("a write into a vanished directory succeeded")
+	}
+	os.MkdirAll(dir, 0o700)
+	if _, err := fmt.Fprintf(w, "{\"n\":3}\n"); err != nil {
+		t.Fatalf("the writer did not recover: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "{\"n\":3}\n" {
+		t.Fatalf("audit.log after recovery: %q", b)
+	}
+}

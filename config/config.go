@@ -343,6 +343,50 @@ func (c *Config) checkMountAs(entry, user string) error {
 	return nil
 }
 
+// checkTrustFiles refuses a file berth trusts (keys, CAs, revocations,
+// the audit log) inside data_root or a mount, where a user could write or
+// read it from their container: with a CA key file in a shared mount,
+// anyone with sudo could add a CA and sign themselves in as anyone.
+func (c *Config) checkTrustFiles() error {
+	type file struct{ key, path string }
+	files := []file{{"keys_dir", c.KeysDir}, {"trusted_user_ca_keys", c.TrustedUserCAKeys}, {"revoked_keys", c.RevokedKeys}}
+	if c.AuditLog != "off" {
+		files = append(files, file{"audit_log", c.AuditLog})
+	}
+	for i, u := range c.Users {
+		for j, entry := range u.AuthorizedKeys {
+			if IsKeyPath(entry) {
+				files = append(files, file{fmt.Sprintf("users[%d].authorized_keys[%d]", i, j), c.Path(entry)})
+			}
+		}
+	}
+	var sources []string
+	for _, u := range c.Users {
+		for _, m := range c.MountsFor(u) {
+			sources = append(sources, m.Source)
+		}
+	}
+	for _, entry := range c.Mounts {
+		if m, err := ParseMount(strings.ReplaceAll(entry, "{user}", "user")); err == nil {
+			sources = append(sources, m.Source)
+		}
+	}
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		if within(f.path, c.DataRoot) {
+			return fmt.Errorf("%s: %q is inside data_root, where users can change it", f.key, f.path)
+		}
+		for _, src := range sources {
+			if within(f.path, src) {
+				return fmt.Errorf("%s: %q is inside %s, which is mounted into containers", f.key, f.path, src)
+			}
+		}
+	}
+	return nil
+}
+
 // ResourcesFor is u's limits: theirs where set, else the global ones.
 func (c *Config) ResourcesFor(u User) Resources {
 	r := c.Resources
@@ -927,6 +971,9 @@ func (c *Config) Validate() error {
 		if u.RepoDockerfile && !c.SudoFor(u) {
 			return fmt.Errorf("%s.repo_dockerfile: it makes the user root in their container (the repo's image runs its start script as root), so it needs sudo", key)
 		}
+	}
+	if err := c.checkTrustFiles(); err != nil {
+		return err
 	}
 	for i, a := range c.Admins {
 		if !seen[a] {

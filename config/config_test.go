@@ -50,6 +50,9 @@ func TestValidationNamesTheOffendingKey(t *testing.T) {
 		{"unknown admin", "admins: [root]\n", "admins[0]"},
 		{"bad duration", "shutdown_grace: forever\n", "shutdown_grace"},
 		{"negative grace", "shutdown_grace: -5s\n", "shutdown_grace: must not be negative"},
+		{"a CA file in a mount", "trusted_user_ca_keys: /srv/shared/ca.pub\nmounts: [\"/srv/shared:/shared:ro\"]\n", "trusted_user_ca_keys: \"/srv/shared/ca.pub\" is inside /srv/shared, which is mounted"},
+		{"a key file in data_root", "data_root: /srv/users\nusers:\n  - name: a\n    authorized_keys: [/srv/users/a/home/.ssh/authorized_keys]\n", "users[0].authorized_keys[0]: \"/srv/users/a/home/.ssh/authorized_keys\" is inside data_root"},
+		{"the audit log in a user's mount", "audit_log: /data/a/audit.log\nusers:\n  - name: a\n    mounts: [\"/data/a:/data\"]\n", "audit_log:"},
 		{"repo_dockerfile without sudo", "repo: {url: /srv/r.git}\nusers:\n  - name: a\n    sudo: false\n    repo_dockerfile: true\n", "users[0].repo_dockerfile: it makes the user root"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -93,9 +93,10 @@ func TestUserCertificates(t *testing.T) {
 		t.Fatalf("without permit-port-forwarding: %v", err)
 	}
 
-	// Revoking the certificate's key, then the CA itself.
-	pub, _ := os.ReadFile(good.key + ".pub")
-	os.WriteFile(revoked, pub, 0o644)
+	// Revoking a certificate (by its -cert.pub line, as sshd takes it),
+	// then the CA itself.
+	certLine, _ := os.ReadFile(good.key + "-cert.pub")
+	os.WriteFile(revoked, certLine, 0o644)
 	refused(good, "is in revoked_keys")
 	fresh := cert(ca, "-n", alice.name, "-V", "+1h")
 	os.WriteFile(revoked, caPub, 0o644)

@@ -84,8 +84,8 @@ func (b *Book) checkRevoked(keys ...ssh.PublicKey) error {
 	return nil
 }
 
-// readKeys reads a file of public keys, one per line, in authorized_keys
-// form. A line that does not parse is an error: a list of CAs or
+// readKeys reads a file of public keys (or certificates, which stand for
+// their keys), one per line, in authorized_keys form. A line that does not parse is an error: a list of CAs or
 // revocations must be read whole.
 func (b *Book) readKeys(path string) ([]ssh.PublicKey, error) {
 	if path == "" {
@@ -97,7 +97,12 @@ func (b *Book) readKeys(path string) ([]ssh.PublicKey, error) {
 	}
 	out := make([]ssh.PublicKey, len(entries))
 	for i, e := range entries {
-		out[i] = e.Key
+		// A certificate line stands for its key, as sshd reads it.
+		if cert, ok := e.Key.(*ssh.Certificate); ok {
+			out[i] = cert.Key
+		} else {
+			out[i] = e.Key
+		}
 	}
 	return out, nil
 }

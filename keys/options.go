@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -85,6 +84,10 @@ func ParseOptions(opts []string) (Options, error) {
 					if _, err := netip.ParsePrefix(c); err != nil {
 						return Options{}, fmt.Errorf("option %q: %q is not an address/prefix", opt, c)
 					}
+				} else if strings.ContainsAny(c, "[]\\") {
+					// sshd's patterns have only * and ?; a bracket would
+					// make a pattern that silently never matches.
+					return Options{}, fmt.Errorf("option %q: %q: patterns take only * and ?", opt, c)
 				}
 				o.From = append(o.From, p)
 			}
@@ -200,8 +203,33 @@ func matchAddr(pattern string, ip netip.Addr) bool {
 		p, err := netip.ParsePrefix(pattern)
 		return err == nil && p.Contains(ip)
 	}
-	ok, _ := path.Match(pattern, ip.String())
-	return ok
+	return wildcard(pattern, ip.String())
+}
+
+// wildcard matches s against a pattern where * is any run of characters
+// and ? any one, as sshd's match_pattern.
+func wildcard(pattern, s string) bool {
+	for len(pattern) > 0 {
+		switch pattern[0] {
+		case '*':
+			for i := len(s); i >= 0; i-- {
+				if wildcard(pattern[1:], s[i:]) {
+					return true
+				}
+			}
+			return false
+		case '?':
+			if s == "" {
+				return false
+			}
+		default:
+			if s == "" || s[0] != pattern[0] {
+				return false
+			}
+		}
+		pattern, s = pattern[1:], s[1:]
+	}
+	return s == ""
 }
 
 // AllowsOpen reports whether ssh -L or -D may reach host:port. A unix

@@ -62,7 +62,7 @@ func New() *Metrics {
 		}, []string{"method", "result"}),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "berth_sessions_active",
-			Help: "SSH sessions running now, by login.",
+			Help: "SSH sessions running now, by user (alice+NAME logins count as alice).",
 		}, []string{"user"}),
 		sessionSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "berth_session_duration_seconds",
@@ -103,7 +103,9 @@ func New() *Metrics {
 
 // Handler serves the metrics in Prometheus's text format.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	// A collector that fails (Docker or NVML down) loses its own series,
+	// not the whole scrape: outages are when the rest is wanted most.
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
 // Connection counts a TCP connection: accepted, or turned away.
@@ -126,14 +128,15 @@ func (m *Metrics) Auth(method string, ok bool) {
 	m.auths.WithLabelValues(method, okOrFailed(ok)).Inc()
 }
 
-// SessionStarted counts a running session of login until ended is called
-// with its kind.
-func (m *Metrics) SessionStarted(login string) (ended func(kind string)) {
+// SessionStarted counts a running session of user until ended is called
+// with its kind. It takes the user, not the login: alice+NAME names are
+// the user's to choose, and each would be a series of its own.
+func (m *Metrics) SessionStarted(user string) (ended func(kind string)) {
 	if m == nil {
 		return func(string) {}
 	}
 	began := time.Now()
-	g := m.sessions.WithLabelValues(login)
+	g := m.sessions.WithLabelValues(user)
 	g.Inc()
 	return func(kind string) {
 		g.Dec()

@@ -320,7 +320,8 @@ func (s *Session) run(ctx context.Context, prog program) {
 	}
 	kind := prog.kind()
 	s.log.Debug("session started", audit.Event("session-start"), "command", prog.String(), "tty", s.hasTTY())
-	ended := s.conn.Metrics.SessionStarted(s.conn.Login)
+	user, _, _ := strings.Cut(s.conn.Login, "+")
+	ended := s.conn.Metrics.SessionStarted(user)
 	defer func() { ended(kind) }()
 	if run, ok := s.verb(prog); ok {
 		kind = "verb"
