@@ -50,6 +50,14 @@ func (m *Manager) Prepare(ctx context.Context, r Ref, authSock string, login boo
 	if !first && !login && authSock == "" {
 		return false
 	}
+	// A session that hangs up halfway leaves the work to the next one.
+	defer func() {
+		if ctx.Err() != nil && first {
+			m.mu.Lock()
+			delete(m.prepared, name)
+			m.mu.Unlock()
+		}
+	}()
 	if dir := m.repoDir(r.User); dir != "" {
 		if _, err := os.Lstat(dir); os.IsNotExist(err) {
 			m.clone(ctx, r, authSock, progress)

@@ -336,7 +336,9 @@ func (s *Session) run(ctx context.Context, prog program) {
 	s.conn.Metrics.Phase(metrics.PhaseContainer, time.Since(begin))
 	// A program of the user's own gets the repo and packages first; the
 	// SFTP server does not wait for them.
-	if err == nil && len(prog.helper) == 0 && s.conn.Opener.Prepare(ctx, authSock, prog.command == "", progress) {
+	// A container made again (from the repo's Dockerfile) is opened and
+	// prepared again.
+	for err == nil && len(prog.helper) == 0 && s.conn.Opener.Prepare(ctx, authSock, prog.command == "", progress) {
 		conn.Close()
 		conn, authSock, err = s.open(ctx, progress)
 	}
