@@ -7,15 +7,18 @@ import (
 )
 
 // flights runs one piece of work per key at a time. A caller that arrives
-// while the work runs waits for the same result, and sees its progress
-// from the first line on, so ten users connecting at once all watch the one
-// image build.
+// while work of the same kind runs waits for the same result, and sees its
+// progress from the first line on, so ten users connecting at once all
+// watch the one image build. A caller with work of another kind (a stop
+// while a start runs) waits for the running work to end and then runs its
+// own: it must not take the other's result for its own.
 type flights struct {
 	mu sync.Mutex
 	m  map[string]*flight
 }
 
 type flight struct {
+	kind string
 	done chan struct{}
 	err  error
 
@@ -24,20 +27,34 @@ type flight struct {
 	subs map[chan []byte]struct{}
 }
 
-// do runs work under key unless it is already running, and waits for it
-// or for ctx. The work runs on base, not ctx: it is shared, so one caller
-// hanging up must not cancel it for the others.
-func (fs *flights) do(ctx, base context.Context, key string, progress io.Writer, work func(ctx context.Context, progress io.Writer) error) error {
-	fs.mu.Lock()
-	if fs.m == nil {
-		fs.m = map[string]*flight{}
+// do runs work of kind under key unless work of that kind is already
+// running, and waits for it or for ctx. The work runs on base, not ctx: it
+// is shared, so one caller hanging up must not cancel it for the others.
+func (fs *flights) do(ctx, base context.Context, key, kind string, progress io.Writer, work func(ctx context.Context, progress io.Writer) error) error {
+	var f *flight
+	var running bool
+	for {
+		fs.mu.Lock()
+		if fs.m == nil {
+			fs.m = map[string]*flight{}
+		}
+		f, running = fs.m[key]
+		if running && f.kind != kind {
+			fs.mu.Unlock()
+			select {
+			case <-f.done:
+				continue
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		if !running {
+			f = &flight{kind: kind, done: make(chan struct{}), subs: map[chan []byte]struct{}{}}
+			fs.m[key] = f
+		}
+		fs.mu.Unlock()
+		break
 	}
-	f, running := fs.m[key]
-	if !running {
-		f = &flight{done: make(chan struct{}), subs: map[chan []byte]struct{}{}}
-		fs.m[key] = f
-	}
-	fs.mu.Unlock()
 
 	ch, delivered := f.subscribe(progress)
 	if !running {

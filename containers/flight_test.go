@@ -50,7 +50,7 @@ func TestFlightsRunOnceAndEveryWaiterSeesAllProgress(t *testing.T) {
 			<-started // the rest join while the work runs
 		}
 		wg.Go(func() {
-			if err := fs.do(t.Context(), context.Background(), "k", outs[i], work); err != nil {
+			if err := fs.do(t.Context(), context.Background(), "k", "build", outs[i], work); err != nil {
 				t.Error(err)
 			}
 		})
@@ -75,7 +75,7 @@ func TestFlightsKeepRunningWhenOneWaiterLeaves(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- fs.do(ctx, context.Background(), "k", io.Discard, func(ctx context.Context, w io.Writer) error {
+		done <- fs.do(ctx, context.Background(), "k", "build", io.Discard, func(ctx context.Context, w io.Writer) error {
 			<-release
 			return ctx.Err()
 		})
@@ -86,7 +86,7 @@ func TestFlightsKeepRunningWhenOneWaiterLeaves(t *testing.T) {
 	}
 	second := make(chan error, 1)
 	go func() {
-		second <- fs.do(t.Context(), context.Background(), "k", io.Discard, func(context.Context, io.Writer) error {
+		second <- fs.do(t.Context(), context.Background(), "k", "build", io.Discard, func(context.Context, io.Writer) error {
 			return fmt.Errorf("a second run started")
 		})
 	}()
@@ -110,5 +110,49 @@ func waitJoined(fs *flights, key string, n int) {
 			return
 		}
 		runtime.Gosched()
+	}
+}
+
+// Work of another kind under the same key does not join the running
+// work: a stop that arrives while a start runs waits for it, then stops.
+func TestFlightsOfAnotherKindWaitAndRunTheirOwn(t *testing.T) {
+	var fs flights
+	release := make(chan struct{})
+	var order []string
+	var mu sync.Mutex
+	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
+	started := make(chan struct{})
+	startDone := make(chan error, 1)
+	go func() {
+		startDone <- fs.do(t.Context(), context.Background(), "c", "start", io.Discard, func(context.Context, io.Writer) error {
+			close(started)
+			<-release
+			note("start")
+			return nil
+		})
+	}()
+	<-started
+	stopDone := make(chan error, 1)
+	calling := make(chan struct{})
+	go func() {
+		close(calling)
+		stopDone <- fs.do(t.Context(), context.Background(), "c", "stop", io.Discard, func(context.Context, io.Writer) error {
+			note("stop")
+			return nil
+		})
+	}()
+	<-calling
+	for range 100 {
+		runtime.Gosched() // let the stop reach the running start
+	}
+	close(release)
+	if err := <-startDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopDone; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(order, ",") != "start,stop" {
+		t.Fatalf("ran %v, want the start and then the stop's own work", order)
 	}
 }

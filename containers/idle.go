@@ -98,7 +98,7 @@ func (m *Manager) stopIdleOnce(ctx context.Context, a Activity, began time.Time)
 		if time.Since(last) < idle || m.busy(ctx, name) {
 			continue
 		}
-		m.starts.do(ctx, m.base, name, io.Discard, func(ctx context.Context, _ io.Writer) error {
+		m.starts.do(ctx, m.base, name, "stop", io.Discard, func(ctx context.Context, _ io.Writer) error {
 			if a.Active(name) > 0 { // someone came back meanwhile
 				return nil
 			}

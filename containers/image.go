@@ -41,7 +41,7 @@ func (m *Manager) buildShared(ctx context.Context, env *environment.Environment,
 		}
 		return nil
 	}
-	return m.builds.do(ctx, m.base, env.Tag(), progress, func(ctx context.Context, progress io.Writer) error {
+	return m.builds.do(ctx, m.base, env.Tag(), "build", progress, func(ctx context.Context, progress io.Writer) error {
 		return m.build(ctx, env, noCache, progress)
 	})
 }

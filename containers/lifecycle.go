@@ -43,7 +43,7 @@ func (e *NoContainer) Is(target error) bool { return target == ErrNoContainer }
 // It says what it did. keep exempts it from the idle stop until it stops.
 func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Writer) (string, error) {
 	what := "is running"
-	err := m.starts.do(ctx, m.base, r.Name(), progress, func(ctx context.Context, progress io.Writer) error {
+	err := m.starts.do(ctx, m.base, r.Name(), "start", progress, func(ctx context.Context, progress io.Writer) error {
 		w, err := m.ensure(ctx, r, progress)
 		if err == nil && w != wasRunning {
 			m.forget(r.Name(), w == wasCreated)
@@ -72,7 +72,11 @@ func (m *Manager) Start(ctx context.Context, r Ref, keep bool, progress io.Write
 // Stop stops r's container, keeping everything in it; with remove it also
 // removes the container. Data under data_root stays either way.
 func (m *Manager) Stop(ctx context.Context, r Ref, remove bool) error {
-	return m.starts.do(ctx, m.base, r.Name(), io.Discard, func(ctx context.Context, _ io.Writer) error {
+	kind := "stop"
+	if remove {
+		kind = "remove"
+	}
+	return m.starts.do(ctx, m.base, r.Name(), kind, io.Discard, func(ctx context.Context, _ io.Writer) error {
 		if _, err := m.inspectOwn(ctx, r); err != nil {
 			return err
 		}
@@ -101,7 +105,7 @@ func (m *Manager) stop(ctx context.Context, name string, remove bool) error {
 // taken meanwhile in exclusive mode mean new ones, and the next session
 // prepares the container again.
 func (m *Manager) Restart(ctx context.Context, r Ref, progress io.Writer) error {
-	err := m.starts.do(ctx, m.base, r.Name(), progress, func(ctx context.Context, progress io.Writer) error {
+	err := m.starts.do(ctx, m.base, r.Name(), "restart", progress, func(ctx context.Context, progress io.Writer) error {
 		if _, err := m.inspectOwn(ctx, r); err != nil {
 			return err
 		}
@@ -153,7 +157,7 @@ func (m *Manager) Rollback(ctx context.Context, r Ref, progress io.Writer) error
 // that it is kept); if it is the same image, the old previous carries over.
 func (m *Manager) recreate(ctx context.Context, r Ref, image string, progress io.Writer) error {
 	name := r.Name()
-	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
+	err := m.starts.do(ctx, m.base, name, "recreate "+image, progress, func(ctx context.Context, progress io.Writer) error {
 		m.gpuMu.Lock()
 		defer m.gpuMu.Unlock()
 		return m.recreateLocked(ctx, r, image, progress)
@@ -237,7 +241,7 @@ func (m *Manager) inspectOwn(ctx context.Context, r Ref) (container.InspectRespo
 // while the user has another container. It returns what it removed.
 func (m *Manager) Prune(ctx context.Context, r Ref, data bool) ([]string, error) {
 	var removed []string
-	err := m.starts.do(ctx, m.base, r.Name(), io.Discard, func(ctx context.Context, _ io.Writer) error {
+	err := m.starts.do(ctx, m.base, r.Name(), fmt.Sprintf("prune data=%v", data), io.Discard, func(ctx context.Context, _ io.Writer) error {
 		name := r.Name()
 		c, err := m.inspectOwn(ctx, r)
 		if err != nil && !(errors.Is(err, ErrNoContainer) && data) {

@@ -313,7 +313,7 @@ func (m *Manager) Open(ctx context.Context, r Ref, progress io.Writer) (*net.Uni
 		}
 		m.setReady(name, false)
 	}
-	err := m.starts.do(ctx, m.base, name, progress, func(ctx context.Context, progress io.Writer) error {
+	err := m.starts.do(ctx, m.base, name, "start", progress, func(ctx context.Context, progress io.Writer) error {
 		did, err := m.ensure(ctx, r, progress)
 		if err == nil && did != wasRunning {
 			m.forget(name, did == wasCreated)
@@ -341,12 +341,22 @@ func (m *Manager) isReady(name string) bool {
 	return m.ready[name]
 }
 
-// setReady records whether name's agent answers. Any change may mean
-// another container of that name, so its ID is looked up again.
+// setReady records whether name's agent answers. A container that stops
+// answering may be replaced, so its ID is looked up again next time.
 func (m *Manager) setReady(name string, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.ready[name] = ok
+	if !ok {
+		delete(m.ids, name)
+	}
+}
+
+// forgetID drops name's cached container ID, once a new container of
+// that name exists.
+func (m *Manager) forgetID(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	delete(m.ids, name)
 }
 
@@ -758,6 +768,7 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 	if err != nil {
 		return m.dockerFailure(ctx, "berth could not create your container", err)
 	}
+	m.forgetID(name)
 	m.log.Info("container created", audit.Event("container"), "container", name, "image", s.Image, "uid", a.UID, "gid", a.GID)
 	return nil
 }
