@@ -95,7 +95,7 @@ type Manager struct {
 	// prepared holds the containers whose first session since their start
 	// has run Prepare; fresh, those whose start created them.
 	prepared, fresh map[string]bool
-	ids             map[string]string // container IDs, for checking agents
+	ids             map[string]string // containers' PID namespaces, for checking agents
 }
 
 // New checks the environment and the agent binary, and connects to Docker.
@@ -352,8 +352,8 @@ func (m *Manager) setReady(name string, ok bool) {
 	}
 }
 
-// forgetID drops name's cached container ID, once a new container of
-// that name exists.
+// forgetID drops what berth knows of name's container (its PID
+// namespace), once a new container of that name exists.
 func (m *Manager) forgetID(name string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-ssh/berth/agent"
-	"github.com/berth-ssh/berth/gpus"
 )
 
 // A container's run directory (<state_dir>/run/<name>, its /.berth/run)
@@ -42,8 +41,9 @@ func (m *Manager) connect(ctx context.Context, name string) (*net.UnixConn, erro
 // errForeignAgent is the agent socket of one container answered by another.
 var errForeignAgent = errors.New("the agent socket is answered from outside its container")
 
-// checkPeer compares the container of the socket's peer process, from its
-// cgroup, with name's container ID.
+// checkPeer checks that the socket's peer process is in the PID namespace
+// of name's container (that of its init process). Namespaces, unlike cgroup
+// paths, look the same whatever the cgroup driver or parent.
 func (m *Manager) checkPeer(ctx context.Context, c *net.UnixConn, name string) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
@@ -59,34 +59,53 @@ func (m *Manager) checkPeer(ctx context.Context, c *net.UnixConn, name string) e
 		return &Failure{Msg: "berth cannot see the processes of containers; run it in the host's PID namespace",
 			Err: errors.New("SO_PEERCRED pid 0: the agent's pid is outside berth's PID namespace")}
 	}
-	want, err := m.containerID(ctx, name)
-	if err != nil {
-		return err
+	got := pidNamespace(int(cred.Pid))
+	for fresh := false; ; fresh = true {
+		want, err := m.containerNamespace(ctx, name, fresh)
+		if err != nil {
+			return err
+		}
+		if got != "" && got == want {
+			return nil
+		}
+		if fresh {
+			break
+		}
+		// The container may have restarted outside berth: look again.
 	}
-	if got := gpus.ContainerOfPID("/proc", uint32(cred.Pid)); got != want {
-		m.log.Error("agent socket answered by another container's agent", "container", name, "pid", cred.Pid, "peer_container", got)
-		return &Failure{Msg: "berth refused your container's agent socket, which leads out of your container; `restart` makes a new one", Err: fmt.Errorf("%w: %s, pid %d in %q", errForeignAgent, name, cred.Pid, got)}
-	}
-	return nil
+	m.log.Error("agent socket answered from outside its container", "container", name, "pid", cred.Pid, "pid_ns", got)
+	return &Failure{Msg: "berth refused your container's agent socket, which leads out of your container; `restart` makes a new one",
+		Err: fmt.Errorf("%w: %s, pid %d in %s", errForeignAgent, name, cred.Pid, got)}
 }
 
-// containerID is name's container ID, kept until its ready state next
-// changes.
-func (m *Manager) containerID(ctx context.Context, name string) (string, error) {
+// pidNamespace names the PID namespace of a host process, or "".
+func pidNamespace(pid int) string {
+	ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	return ns
+}
+
+// containerNamespace is the PID namespace of name's container, kept until
+// its agent stops answering or a new container of that name is made;
+// fresh looks it up again.
+func (m *Manager) containerNamespace(ctx context.Context, name string, fresh bool) (string, error) {
 	m.mu.Lock()
-	id, ok := m.ids[name]
+	ns, ok := m.ids[name]
 	m.mu.Unlock()
-	if ok {
-		return id, nil
+	if ok && !fresh {
+		return ns, nil
 	}
 	c, err := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
 	if err != nil {
 		return "", m.dockerFailure(ctx, "berth could not look up your container", err)
 	}
+	if c.Container.State == nil || c.Container.State.Pid == 0 {
+		return "", &Failure{Msg: "your container is not running", Err: fmt.Errorf("%s has no process", name)}
+	}
+	ns = pidNamespace(c.Container.State.Pid)
 	m.mu.Lock()
-	m.ids[name] = c.Container.ID
+	m.ids[name] = ns
 	m.mu.Unlock()
-	return c.Container.ID, nil
+	return ns, nil
 }
 
 // readRunFile reads a file the agent wrote in name's run directory, at

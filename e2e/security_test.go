@@ -237,7 +237,7 @@ func TestPlantedSymlinksInTheRunDirectoryLeadNowhere(t *testing.T) {
 	if r.code != 255 || strings.Contains(r.stdout, bob.name) || !strings.Contains(r.stderr, "berth refused your container's agent socket, which leads out of your container") {
 		t.Fatalf("through bob's socket: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	if g.logs.count("agent socket answered by another container's agent", containers.Name(alice.name)) == 0 {
+	if g.logs.count("agent socket answered from outside its container", containers.Name(alice.name)) == 0 {
 		t.Fatalf("not logged:\n%s", g.logs)
 	}
 	shadow, _ := os.ReadFile("/etc/shadow")
