@@ -86,9 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "berth: --log-level: %v\n", err)
 			return exitUsage
 		}
-		cfg, err := config.Load(*path)
-		if err != nil {
-			fmt.Fprintf(stderr, "berth: %v\n", err)
+		cfg, ok := loadConfig(*path, stderr)
+		if !ok {
 			return exitUsage
 		}
 		log, err := newLogger(stderr, *format, lvl)
@@ -106,8 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, usage)
 			return exitUsage
 		}
-		if _, err := config.Load(args[1]); err != nil {
-			fmt.Fprintf(stderr, "berth: %v\n", err)
+		if _, ok := loadConfig(args[1], stderr); !ok {
 			return exitUsage
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", args[1])
@@ -243,13 +241,13 @@ func keysCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "berth: %v\n", err)
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
 		return exitUsage
 	}
 	user, file := fs.Arg(0), fs.Arg(1)
 	var data []byte
+	var err error
 	if file == "-" {
 		data, err = io.ReadAll(os.Stdin)
 	} else {
@@ -291,9 +289,8 @@ func recordingsCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, usage)
 		return exitUsage
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		fmt.Fprintf(stderr, "berth: %v\n", err)
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
 		return exitUsage
 	}
 	user := fs.Arg(0)
@@ -331,4 +328,14 @@ func writeJSON(w io.Writer, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// loadConfig loads the config file, or says why not on stderr.
+func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: %v\n", err)
+		return nil, false
+	}
+	return cfg, true
 }
