@@ -90,12 +90,26 @@ type Manager struct {
 	// gpuMu makes choosing GPUs and starting the container that leases
 	// them one step, so two containers never take the same GPU.
 	gpuMu sync.Mutex
-	mu    sync.Mutex      // guards ready, prepared, fresh, env and envs
-	ready map[string]bool // containers whose agent answered before
-	// prepared holds the containers whose first session since their start
-	// has run Prepare; fresh, those whose start created them.
-	prepared, fresh map[string]bool
-	ids             map[string]string // containers' PID namespaces, for checking agents
+	mu    sync.Mutex        // guards known, env and envs
+	known map[string]*known // by container name
+}
+
+// known is what berth remembers of a container between sessions.
+type known struct {
+	ready    bool   // its agent answered
+	pidNS    string // its PID namespace, to check who answers its socket
+	prepared bool   // a session since its start has run Prepare
+	fresh    bool   // its last start created it
+}
+
+// remember returns what berth knows of name. The caller holds mu.
+func (m *Manager) remember(name string) *known {
+	k, ok := m.known[name]
+	if !ok {
+		k = &known{}
+		m.known[name] = k
+	}
+	return k
 }
 
 // New checks the environment and the agent binary, and connects to Docker.
@@ -140,10 +154,7 @@ func New(cfg *config.Config, inv *gpus.Inventory, met *metrics.Metrics, log *slo
 		met:      met,
 		log:      log,
 		accounts: accounts{path: filepath.Join(cfg.StateDir, "uids.json")},
-		ready:    map[string]bool{},
-		prepared: map[string]bool{},
-		fresh:    map[string]bool{},
-		ids:      map[string]string{},
+		known:    map[string]*known{},
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	if err := m.installAgent(); err != nil {
@@ -338,26 +349,19 @@ func (m *Manager) Open(ctx context.Context, r Ref, progress io.Writer) (*net.Uni
 func (m *Manager) isReady(name string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.ready[name]
+	return m.remember(name).ready
 }
 
 // setReady records whether name's agent answers. A container that stops
-// answering may be replaced, so its ID is looked up again next time.
+// answering may be replaced, so its namespace is looked up again.
 func (m *Manager) setReady(name string, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.ready[name] = ok
+	k := m.remember(name)
+	k.ready = ok
 	if !ok {
-		delete(m.ids, name)
+		k.pidNS = ""
 	}
-}
-
-// forgetID drops what berth knows of name's container (its PID
-// namespace), once a new container of that name exists.
-func (m *Manager) forgetID(name string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.ids, name)
 }
 
 // What ensure found and did.
@@ -404,6 +408,10 @@ func (m *Manager) ensure(ctx context.Context, r Ref, progress io.Writer) (string
 		fmt.Fprintf(progress, "berth: your container was made from an older configuration or image; it is kept as it is until `rebuild` recreates it.\n")
 	}
 	if c.State != nil && c.State.Running {
+		// Known now, so checking the agent's socket needs no second look.
+		m.mu.Lock()
+		m.remember(name).pidNS = pidNamespace(c.State.Pid)
+		m.mu.Unlock()
 		return wasRunning, m.waitAgent(ctx, name, progress, false)
 	}
 	m.gpuMu.Lock()
@@ -768,7 +776,9 @@ func (m *Manager) create(ctx context.Context, r Ref, a agent.Account, s spec, im
 	if err != nil {
 		return m.dockerFailure(ctx, "berth could not create your container", err)
 	}
-	m.forgetID(name)
+	m.mu.Lock()
+	m.remember(name).pidNS = "" // a new container, a new namespace
+	m.mu.Unlock()
 	m.log.Info("container created", audit.Event("container"), "container", name, "image", s.Image, "uid", a.UID, "gid", a.GID)
 	return nil
 }

@@ -42,10 +42,9 @@ func (m *Manager) repoDir(u config.User) string {
 func (m *Manager) Prepare(ctx context.Context, r Ref, authSock string, login bool, progress io.Writer) (recreated bool) {
 	name := r.Name()
 	m.mu.Lock()
-	first := !m.prepared[name]
-	m.prepared[name] = true
-	fresh := m.fresh[name]
-	delete(m.fresh, name)
+	k := m.remember(name)
+	first, fresh := !k.prepared, k.fresh
+	k.prepared, k.fresh = true, false
 	m.mu.Unlock()
 	if !first && !login && authSock == "" {
 		return false
@@ -53,9 +52,7 @@ func (m *Manager) Prepare(ctx context.Context, r Ref, authSock string, login boo
 	// A session that hangs up halfway leaves the work to the next one.
 	defer func() {
 		if ctx.Err() != nil && first {
-			m.mu.Lock()
-			delete(m.prepared, name)
-			m.mu.Unlock()
+			m.forget(name, false)
 		}
 	}()
 	if dir := m.repoDir(r.User); dir != "" {
@@ -67,11 +64,8 @@ func (m *Manager) Prepare(ctx context.Context, r Ref, authSock string, login boo
 		return false
 	}
 	if r.Instance == "" && r.User.RepoDockerfile {
+		// The new container is prepared afresh (recreate forgets it).
 		if recreated = m.applyRepoDockerfile(ctx, r, fresh, progress); recreated {
-			// The new container has not installed anything yet.
-			m.mu.Lock()
-			m.prepared[name] = false
-			m.mu.Unlock()
 			return true
 		}
 	}
@@ -84,10 +78,9 @@ func (m *Manager) Prepare(ctx context.Context, r Ref, authSock string, login boo
 func (m *Manager) forget(name string, fresh bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.prepared, name)
-	if fresh {
-		m.fresh[name] = true
-	}
+	k := m.remember(name)
+	k.prepared = false
+	k.fresh = k.fresh || fresh
 }
 
 // clone clones the user's repo into ~/projects as the user, inside the

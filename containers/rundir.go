@@ -60,15 +60,15 @@ func (m *Manager) checkPeer(ctx context.Context, c *net.UnixConn, name string) e
 			Err: errors.New("SO_PEERCRED pid 0: the agent's pid is outside berth's PID namespace")}
 	}
 	got := pidNamespace(int(cred.Pid))
-	for fresh := false; ; fresh = true {
-		want, err := m.containerNamespace(ctx, name, fresh)
+	for again := false; ; again = true {
+		want, err := m.containerNamespace(ctx, name, again)
 		if err != nil {
 			return err
 		}
 		if got != "" && got == want {
 			return nil
 		}
-		if fresh {
+		if again {
 			break
 		}
 		// The container may have restarted outside berth: look again.
@@ -86,12 +86,12 @@ func pidNamespace(pid int) string {
 
 // containerNamespace is the PID namespace of name's container, kept until
 // its agent stops answering or a new container of that name is made;
-// fresh looks it up again.
-func (m *Manager) containerNamespace(ctx context.Context, name string, fresh bool) (string, error) {
+// again looks it up anew.
+func (m *Manager) containerNamespace(ctx context.Context, name string, again bool) (string, error) {
 	m.mu.Lock()
-	ns, ok := m.ids[name]
+	ns := m.remember(name).pidNS
 	m.mu.Unlock()
-	if ok && !fresh {
+	if ns != "" && !again {
 		return ns, nil
 	}
 	c, err := m.docker.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
@@ -103,7 +103,7 @@ func (m *Manager) containerNamespace(ctx context.Context, name string, fresh boo
 	}
 	ns = pidNamespace(c.Container.State.Pid)
 	m.mu.Lock()
-	m.ids[name] = ns
+	m.remember(name).pidNS = ns
 	m.mu.Unlock()
 	return ns, nil
 }
