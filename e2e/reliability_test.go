@@ -112,11 +112,13 @@ func TestAGatewayKilledDuringABuildRecovers(t *testing.T) {
 	first := serveBinary(t, path, port)
 
 	login := g.ssh(alice, nil, "cat /etc/built")
+	var progress logBuffer
+	login.Stderr = &progress
 	if err := login.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the build to start", 30*time.Second, func() bool { return strings.Contains(first.logs.String(), "image build started") })
-	time.Sleep(time.Second) // into the RUN step
+	// The build's own output says when its slow step runs.
+	waitFor(t, "the build's RUN step", 60*time.Second, func() bool { return strings.Contains(progress.String(), " : RUN echo") })
 	first.kill()
 	login.Wait()
 	if _, err := docker.ContainerInspect(t.Context(), containers.Name(alice.name), client.ContainerInspectOptions{}); err == nil {
